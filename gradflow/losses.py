@@ -1,0 +1,88 @@
+"""Per-example losses C_x(output, target); the batch loss is their mean over examples.
+
+All losses take the model's raw output (``output_activation=None``: logits for the two
+cross-entropies) and compute any sigmoid/softmax themselves, stably.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def mse(output: jax.Array, target: jax.Array) -> jax.Array:
+    """Nielsen's quadratic cost C_x = 0.5 ||a - y||^2.
+
+    Args:
+      output: (batch, n_out). target: (batch, n_out), or integer labels (batch,) taken one-hot.
+    Returns: (batch,).
+    """
+    target = _targets_like(output, target)
+    return 0.5 * jnp.sum((output - target) ** 2, axis=-1)
+
+
+def xent(logits: jax.Array, target: jax.Array) -> jax.Array:
+    """Softmax cross-entropy C_x = -sum_k y_k log softmax(z)_k.
+
+    Args:
+      logits: (batch, n_out). target: integer labels (batch,) or one-hot/probabilities
+        (batch, n_out).
+    Returns: (batch,).
+    """
+    target = _targets_like(logits, target)
+    return -jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def sigmoid_xent(logits: jax.Array, target: jax.Array) -> jax.Array:
+    """Nielsen's CrossEntropyCost on a = sigmoid(z): -sum_k [y_k ln a_k + (1-y_k) ln(1-a_k)].
+
+    Computed from the logits z (``log sigmoid``), so it is finite where network2.py's
+    ``nan_to_num`` is needed. A net with identity output and this loss is exactly Nielsen's
+    sigmoid-output net with CrossEntropyCost: the output error is dC/dz^L = a - y.
+
+    Args:
+      logits: (batch, n_out). target: integer labels (batch,) or (batch, n_out) in [0, 1].
+    Returns: (batch,).
+    """
+    target = _targets_like(logits, target)
+    log_a = jax.nn.log_sigmoid(logits)
+    log_1ma = jax.nn.log_sigmoid(-logits)
+    return -jnp.sum(target * log_a + (1.0 - target) * log_1ma, axis=-1)
+
+
+LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "mse": mse,
+    "xent": xent,
+    "sigmoid_xent": sigmoid_xent,
+}
+
+
+def get_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """Look up a per-example loss by name, with an error listing the valid names."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+def _targets_like(output: jax.Array, target: jax.Array) -> jax.Array:
+    if target.ndim == output.ndim - 1 and jnp.issubdtype(target.dtype, jnp.integer):
+        return jax.nn.one_hot(target, output.shape[-1], dtype=output.dtype)
+    return target.astype(output.dtype)
+
+
+def check_targets(loss: str, output_shape: tuple[int, ...], y, name: str = "y") -> None:
+    """Raise a ValueError naming the problem if targets ``y`` do not fit the output and loss."""
+    get_loss(loss)
+    shape = tuple(getattr(y, "shape", ()))
+    batch, n_out = output_shape[0], output_shape[-1]
+    integer = jnp.issubdtype(getattr(y, "dtype", jnp.float32), jnp.integer)
+    if shape == (batch,) and integer:
+        return
+    if shape == (batch, n_out):
+        return
+    raise ValueError(
+        f"{name} must be integer labels of shape ({batch},) or targets of shape ({batch}, {n_out})"
+        f" for loss {loss!r}, got shape {shape} and dtype {getattr(y, 'dtype', type(y))}"
+    )
