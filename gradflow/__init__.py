@@ -1,6 +1,7 @@
 """gradflow: exact, at-scale measurement of vanishing and exploding gradients in JAX."""
 
-from gradflow import data, losses, models, probes, sweep as sweeps
+from gradflow import data, io, losses, models, probes
+from gradflow import sweep as sweeps
 from gradflow.losses import LOSSES
 from gradflow.models import ACTIVATIONS, INITS, Model, lstm, mlp, rnn
 from gradflow.probes import (
@@ -10,7 +11,7 @@ from gradflow.probes import (
     preact_grads,
     time_grad_norms,
 )
-from gradflow.sweep import Summary, seed_keys, summarize, sweep
+from gradflow.sweep import Summary, auto_chunk_size, grid_sweep, seed_keys, summarize, sweep
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,10 @@ __all__ = [
     "Model",
     "Summary",
     "TimeGradNorms",
+    "auto_chunk_size",
     "data",
+    "grid_sweep",
+    "io",
     "layer_grad_norms",
     "losses",
     "lstm",
@@ -35,5 +39,6 @@ __all__ = [
     "summarize",
     "sweep",
     "sweeps",
+    "theory",
     "time_grad_norms",
 ]
