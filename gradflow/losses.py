@@ -79,6 +79,15 @@ def check_targets(loss: str, output_shape: tuple[int, ...], y, name: str = "y") 
     batch, n_out = output_shape[0], output_shape[-1]
     integer = jnp.issubdtype(getattr(y, "dtype", jnp.float32), jnp.integer)
     if shape == (batch,) and integer:
+        # one_hot maps an out-of-range label to an all-zero target, silently; check concrete
+        # labels here (traced ones were checked at the API boundary).
+        if not isinstance(y, jax.core.Tracer) and shape[0] > 0:
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= n_out:
+                raise ValueError(
+                    f"{name}: labels must lie in 0..{n_out - 1} for {n_out} outputs, got labels "
+                    f"from {lo} to {hi}; fix widths[-1]/n_out or the labels"
+                )
         return
     if shape == (batch, n_out):
         return

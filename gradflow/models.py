@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.special as jsp
 
+from gradflow import rng
+
 Params = Any  # a pytree of arrays
 
 
@@ -81,9 +83,7 @@ _SIGMA_INITS = ("gaussian", "orthogonal")
 
 def _check_activation(name: str | None, what: str = "activation") -> None:
     if name is not None and name not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown {what} {name!r}; choose one of: {', '.join(ACTIVATIONS)}"
-        )
+        raise ValueError(f"unknown {what} {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
 
 
 def _check_init(name: str) -> None:
@@ -106,6 +106,15 @@ def _check_sigmas(init: str, sigma_w2, sigma_b2) -> tuple[float, float]:
     return sigma_w2, sigma_b2
 
 
+def _check_override(init: str, sigma_w2, sigma_b2) -> None:
+    # init(key, sigma_w2=...) overrides (sweep grids) would be silently ignored by other inits.
+    if init not in _SIGMA_INITS and (sigma_w2 is not None or sigma_b2 is not None):
+        raise ValueError(
+            f"sigma_w2/sigma_b2 only apply to init='gaussian' or 'orthogonal', not {init!r}; "
+            "drop the override (hyper=) or build the model with one of those inits"
+        )
+
+
 def orthogonal(key: jax.Array, n_in: int, n_out: int, dtype=jnp.float32) -> jax.Array:
     """A Haar-random (semi-)orthogonal matrix of shape (n_in, n_out).
 
@@ -113,9 +122,9 @@ def orthogonal(key: jax.Array, n_in: int, n_out: int, dtype=jnp.float32) -> jax.
     distribution is exactly Haar. Q^T Q = I if n_in >= n_out, else Q Q^T = I.
     """
     n, m = max(n_in, n_out), min(n_in, n_out)
-    a = jax.random.normal(key, (n, m), dtype)
+    a = rng.normal(key, (n, m), dtype)
     q, r = jnp.linalg.qr(a)
-    q = q * jnp.sign(jnp.diagonal(r))
+    q = q * jnp.sign(jnp.diagonal(r))[None, :]
     return q if n_in >= n_out else q.T
 
 
@@ -126,38 +135,41 @@ def init_dense(
 
     ``sigma_w2`` and ``sigma_b2`` are used by ``gaussian`` and ``orthogonal`` only; they may be
     traced arrays, so a grid of them is one compiled function (no recompilation per value).
+    Draws are ``jax.random.normal``/``uniform``'s, bit for bit (via :mod:`gradflow.rng`, which
+    computes them about twice as fast on CPU).
     """
     kw, kb = jax.random.split(key)
     if init == "nielsen":
-        w = jax.random.normal(kw, (n_in, n_out), dtype) / math.sqrt(n_in)
-        b = jax.random.normal(kb, (n_out,), dtype)
+        w = rng.normal(kw, (n_in, n_out), dtype) / math.sqrt(n_in)
+        b = rng.normal(kb, (n_out,), dtype)
     elif init == "standard_normal":
-        w = jax.random.normal(kw, (n_in, n_out), dtype)
-        b = jax.random.normal(kb, (n_out,), dtype)
+        w = rng.normal(kw, (n_in, n_out), dtype)
+        b = rng.normal(kb, (n_out,), dtype)
     elif init == "glorot_uniform":
         limit = math.sqrt(6.0 / (n_in + n_out))
-        w = jax.random.uniform(kw, (n_in, n_out), dtype, -limit, limit)
+        w = rng.uniform(kw, (n_in, n_out), dtype, -limit, limit)
         b = jnp.zeros((n_out,), dtype)
     elif init == "glorot_standard":
         limit = 1.0 / math.sqrt(n_in)
-        w = jax.random.uniform(kw, (n_in, n_out), dtype, -limit, limit)
+        w = rng.uniform(kw, (n_in, n_out), dtype, -limit, limit)
         b = jnp.zeros((n_out,), dtype)
     elif init == "lecun":
-        w = jax.random.normal(kw, (n_in, n_out), dtype) / math.sqrt(n_in)
+        w = rng.normal(kw, (n_in, n_out), dtype) / math.sqrt(n_in)
         b = jnp.zeros((n_out,), dtype)
     elif init == "he":
-        w = jax.random.normal(kw, (n_in, n_out), dtype) * math.sqrt(2.0 / n_in)
+        w = rng.normal(kw, (n_in, n_out), dtype) * math.sqrt(2.0 / n_in)
         b = jnp.zeros((n_out,), dtype)
     elif init == "gaussian":
-        w = jax.random.normal(kw, (n_in, n_out), dtype) * jnp.sqrt(sigma_w2 / n_in).astype(dtype)
-        b = jax.random.normal(kb, (n_out,), dtype) * jnp.sqrt(sigma_b2).astype(dtype)
+        w = rng.normal(kw, (n_in, n_out), dtype) * jnp.sqrt(sigma_w2 / n_in).astype(dtype)
+        b = rng.normal(kb, (n_out,), dtype) * jnp.sqrt(sigma_b2).astype(dtype)
     elif init == "orthogonal":
         w = orthogonal(kw, n_in, n_out, dtype) * jnp.sqrt(sigma_w2).astype(dtype)
-        b = jax.random.normal(kb, (n_out,), dtype) * jnp.sqrt(sigma_b2).astype(dtype)
+        b = rng.normal(kb, (n_out,), dtype) * jnp.sqrt(sigma_b2).astype(dtype)
     else:
         _check_init(init)
         raise AssertionError(init)
-    return {"w": w, "b": b}
+    # The bias is broadcast over the batch in z = a W + b; drawn once, not once per example.
+    return {"w": w, "b": rng.once(b)}
 
 
 class Model(NamedTuple):
@@ -271,11 +283,10 @@ def mlp(
 def mlp_from_config(config: MLPConfig) -> Model:
     """Build the :class:`Model` of an :class:`MLPConfig`."""
     widths = config.widths
-    phi = ACTIVATIONS[config.activation]
-    phi_out = ACTIVATIONS[config.output_activation or "linear"]
     n_layers = len(widths) - 1
 
     def init(key: jax.Array, *, sigma_w2=None, sigma_b2=None) -> list[dict[str, jax.Array]]:
+        _check_override(config.init, sigma_w2, sigma_b2)
         sw2 = config.sigma_w2 if sigma_w2 is None else sigma_w2
         sb2 = config.sigma_b2 if sigma_b2 is None else sigma_b2
         keys = jax.random.split(key, n_layers)
@@ -314,7 +325,7 @@ def mlp_forward(config: MLPConfig, params, x, perturb=None):
     zs, inputs = [], []
     for l, layer in enumerate(params):
         inputs.append(a)
-        z = a @ layer["w"] + layer["b"]
+        z = a @ layer["w"] + layer["b"][None, :]  # explicit: tests raise on rank promotion
         if perturb is not None:
             z = z + perturb[l]
         zs.append(z)
@@ -371,7 +382,9 @@ def rnn(
 
     References: Bengio, Simard & Frasconi 1994; Pascanu, Mikolov & Bengio 2013 (arXiv:1211.5063).
     """
-    return _recurrent("rnn", n_in, n_hidden, n_out, activation, init, recurrent_init, sigma_w2, sigma_b2)
+    return _recurrent(
+        "rnn", n_in, n_hidden, n_out, activation, init, recurrent_init, sigma_w2, sigma_b2
+    )
 
 
 def lstm(
@@ -394,8 +407,18 @@ def lstm(
     )
 
 
-def _recurrent(cell, n_in, n_hidden, n_out, activation, init, recurrent_init, sigma_w2, sigma_b2,
-               forget_bias=1.0) -> Model:
+def _recurrent(
+    cell,
+    n_in,
+    n_hidden,
+    n_out,
+    activation,
+    init,
+    recurrent_init,
+    sigma_w2,
+    sigma_b2,
+    forget_bias=1.0,
+) -> Model:
     for name, value in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -404,8 +427,15 @@ def _recurrent(cell, n_in, n_hidden, n_out, activation, init, recurrent_init, si
     _check_init(recurrent_init)
     sigma_w2, sigma_b2 = _check_sigmas(recurrent_init, sigma_w2, sigma_b2)
     config = RNNConfig(
-        cell=cell, n_in=n_in, n_hidden=n_hidden, n_out=n_out, activation=activation, init=init,
-        sigma_w2=sigma_w2, sigma_b2=sigma_b2, recurrent_init=recurrent_init,
+        cell=cell,
+        n_in=n_in,
+        n_hidden=n_hidden,
+        n_out=n_out,
+        activation=activation,
+        init=init,
+        sigma_w2=sigma_w2,
+        sigma_b2=sigma_b2,
+        recurrent_init=recurrent_init,
         forget_bias=float(forget_bias),
     )
     return recurrent_from_config(config)
@@ -418,6 +448,7 @@ def recurrent_from_config(config: RNNConfig) -> Model:
     phi = ACTIVATIONS[config.activation]
 
     def init(key, *, sigma_w2=None, sigma_b2=None):
+        _check_override(config.recurrent_init, sigma_w2, sigma_b2)
         sw2 = config.sigma_w2 if sigma_w2 is None else sigma_w2
         sb2 = config.sigma_b2 if sigma_b2 is None else sigma_b2
         k_in, k_rec, k_out = jax.random.split(key, 3)
@@ -438,9 +469,9 @@ def recurrent_from_config(config: RNNConfig) -> Model:
 
     def forward(params, x, perturb=None):
         batch, time, _ = x.shape
-        inputs = jnp.einsum("btf,fg->tbg", x, params["w_in"]) + params["b"]  # (time, batch, G)
+        inputs = jnp.einsum("btf,fg->tbg", x, params["w_in"]) + params["b"][None, None, :]
         if perturb is None:
-            zeros = jnp.zeros((time, batch, n_h), x.dtype)
+            zeros = jnp.zeros((batch, time, n_h), x.dtype)  # hidden's layout, swapped below
             perturb = {"h": zeros, "c": zeros} if config.cell == "lstm" else zeros
         if config.cell == "lstm":
             p_h = jnp.swapaxes(perturb["h"], 0, 1)
@@ -468,7 +499,7 @@ def recurrent_from_config(config: RNNConfig) -> Model:
 
             h, hs = jax.lax.scan(step, jnp.zeros((batch, n_h), x.dtype), (inputs, p_h))
             hidden = jnp.swapaxes(hs, 0, 1)
-        y = h @ params["w_out"] + params["b_out"]
+        y = h @ params["w_out"] + params["b_out"][None, :]
         return y, hidden
 
     def apply(params, x):

@@ -112,6 +112,7 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
     """
     if not isinstance(model.config, MLPConfig):
         raise ValueError("layer_grad_norms needs an MLP; use time_grad_norms for an RNN/LSTM")
+    validate(model, x, y, loss)  # shapes only: also safe on tracers under sweep
     loss_fn = get_loss(loss)
     config = model.config
     batch = x.shape[0]
@@ -135,12 +136,12 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
         weights_per_example=jnp.stack(
             [
                 jnp.sqrt(jnp.mean(jnp.sum(jnp.square(a), axis=-1) * d))
-                for a, d in zip(inputs, delta_sq)
+                for a, d in zip(inputs, delta_sq, strict=True)
             ]
         ),
         weight_norms=weight_norms,
         update_ratio=weights / weight_norms,
-        zero_fraction=jnp.stack([jnp.mean(d == 0) for d in per_example]),
+        zero_fraction=jnp.stack([jnp.mean((d == 0).astype(d.dtype)) for d in per_example]),
         loss=jnp.full((len(params),), value),
     )
 
@@ -151,6 +152,7 @@ def preact_grads(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "
     Returns a pytree with the structure of ``model.forward``'s hidden output (for an MLP, a list
     of L arrays of shape (batch, n_l); for an RNN, (batch, time, n_hidden)).
     """
+    validate(model, x, y, loss)
     loss_fn = get_loss(loss)
     batch = x.shape[0]
     hidden_shape = jax.eval_shape(lambda p: model.forward(p, x)[1], params)
@@ -177,6 +179,7 @@ def time_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str 
     """
     if not isinstance(model.config, RNNConfig):
         raise ValueError("time_grad_norms needs an RNN or LSTM; use layer_grad_norms for an MLP")
+    validate(model, x, y, loss)
     loss_fn = get_loss(loss)
     batch, time = x.shape[:2]
     zeros = jnp.zeros((batch, time, model.config.n_hidden), x.dtype)

@@ -1,0 +1,134 @@
+"""Parameter draws: ``jax.random.normal``/``uniform`` bit for bit, in one fused pass.
+
+Why this module exists (measured in ``bench/run.py``): on CPU, jax lowers the Threefry hash as a
+rolled five-step loop (it keeps compile times short), so every draw writes and re-reads its
+counters five times and XLA cannot fuse the hash into the uniform-to-normal map. Written out
+unrolled -- the lowering jax itself uses on GPU and TPU -- the hash, the erf_inv map and the
+init's scaling become one fused loop, about twice as fast, with exactly the same numbers.
+
+Seed identity is untouched: every draw hashes its own key with counters 0..n-1, as
+``jax.random`` does in its default (``jax_threefry_partitionable``) mode, so a parameter depends
+only on its key. Any other case (an ``rbg`` key, a dtype other than float32, the legacy
+non-partitionable mode, more than 2**32 numbers) calls ``jax.random`` itself.
+
+References: Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3" (Threefry).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _threefry2x32(k1, k2, x1, x2):
+    """Threefry-2x32, 20 rounds: the same arithmetic as ``jax.random``'s hash, unrolled."""
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x1 = x1 + x2
+            x2 = (x2 << np.uint32(r)) | (x2 >> np.uint32(32 - r))
+            x2 = x1 ^ x2
+        x1 = x1 + ks[(i + 1) % 3]
+        x2 = x2 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x1, x2
+
+
+def _key_words(key):
+    """The two uint32 words of a single Threefry key, or None when the fast path does not apply."""
+    if not jax.config.jax_threefry_partitionable:
+        return None
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
+            return None
+        data = jax.random.key_data(key)
+    elif key.dtype == jnp.uint32 and key.shape == (2,):  # a legacy raw key
+        if jax.config.jax_default_prng_impl != "threefry2x32":
+            return None
+        data = key
+    else:
+        return None
+    return data[0], data[1]
+
+
+def _bits(words, shape):
+    """32 random bits per element, as ``jax.random.bits`` draws them (partitionable mode)."""
+    k1, k2 = words
+    counts = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    # The count is a 64-bit index split into (high, low) words; the high word is 0 here.
+    b1, b2 = _threefry2x32(k1, k2, jnp.zeros(shape, jnp.uint32), counts)
+    return b1 ^ b2
+
+
+def _fast(key, shape, dtype):
+    if dtype is None:  # jax.random's default: float32, or float64 under jax_enable_x64
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    shape = tuple(int(d) for d in shape)
+    n = math.prod(shape)
+    if jnp.dtype(dtype) != jnp.float32 or not 0 < n < 2**32:
+        return None
+    return _key_words(key)
+
+
+def _uniform_from(words, shape, minval, maxval):
+    # jax.random.uniform's mapping: 23 random mantissa bits give a float in [1, 2), minus 1.
+    # Callers jit it as jax does, so multiply-add rounds the same way even when called eagerly.
+    bits = _bits(words, shape)
+    one = np.array(1.0, np.float32)
+    floats = lax.bitcast_convert_type((bits >> np.uint32(9)) | one.view(np.uint32), jnp.float32)
+    floats = floats - one
+    minval = np.float32(minval)
+    maxval = np.float32(maxval)
+    return lax.max(minval, floats * (maxval - minval) + minval)
+
+
+def uniform(key: jax.Array, shape, dtype=None, minval=0.0, maxval=1.0) -> jax.Array:
+    """``jax.random.uniform(key, shape, dtype, minval, maxval)``, bit for bit, fused.
+
+    ``minval`` and ``maxval`` are Python floats here (static), as every init uses them.
+    """
+    if _fast(key, shape, dtype) is None:
+        return jax.random.uniform(key, shape, dtype, minval, maxval)
+    return _uniform(key, tuple(int(d) for d in shape), float(minval), float(maxval))
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _uniform(key, shape, minval, maxval):
+    return _uniform_from(_key_words(key), shape, minval, maxval)
+
+
+def normal(key: jax.Array, shape, dtype=None) -> jax.Array:
+    """``jax.random.normal(key, shape, dtype)``, bit for bit, fused.
+
+    Same construction as jax: u uniform on (-1, 1), then ``sqrt(2) * erf_inv(u)``.
+    """
+    if _fast(key, shape, dtype) is None:
+        return jax.random.normal(key, shape, dtype)
+    return _normal(key, tuple(int(d) for d in shape))
+
+
+@partial(jax.jit, static_argnums=1)
+def _normal(key, shape):
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    u = _uniform_from(_key_words(key), shape, lo, 1.0)
+    return np.float32(np.sqrt(2)) * lax.erf_inv(u)
+
+
+def once(x: jax.Array) -> jax.Array:
+    """``x`` itself, computed once: a boundary XLA does not fuse through.
+
+    XLA:CPU fuses a cheap elementwise chain into each consumer, and through a broadcast it
+    recomputes the chain for every element it is broadcast to: under ``vmap(init -> probe)`` a
+    bias ``b`` in ``z = a W + b`` was redrawn once per example, which made a 1,000-example sweep
+    1.4x slower (bench/run.py). ``jax.lax.optimization_barrier`` does not prevent it (XLA removes
+    barriers before fusion); a reduction is never duplicated into its consumers, and
+    ``max(x, -inf) == x`` exactly, NaN and -0.0 included. Meant for small arrays (biases).
+    """
+    return jnp.max(jnp.stack([x, jnp.full_like(x, -jnp.inf)]), axis=0)
