@@ -1,13 +1,19 @@
-"""Sweeps over random seeds: ``vmap`` over initialisations inside one ``jit``, in bounded chunks.
+"""Sweeps over random seeds and hyperparameter grids: ``vmap`` inside one ``jit``, in chunks.
 
 Seed i is ``jax.random.fold_in(jax.random.key(0), i)``: seed 17 is the same network whether 32 or
-10,000 seeds run, and whichever chunk it lands in.
+10,000 seeds run, whichever chunk it lands in and whichever device computes it.
+
+Scale (docs/scale.md): each chunk's seeds are sharded over the local devices (a one-axis
+``Mesh`` named ``"seeds"``); ``grid_sweep`` flattens (grid point, seed) pairs into the same
+chunks, with the swept values traced; ``chunk_size="auto"`` sizes chunks from the compiled
+function's ``memory_analysis()``; ``run_dir=`` makes a sweep resumable (:mod:`gradflow.io`).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import warnings
-
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -15,8 +21,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gradflow import io
+from gradflow.memory import ChunkChoice, choose_chunk, default_budget, parse_bytes
 from gradflow.models import Model
+from gradflow.progress import Progress
+
+AXIS = "seeds"
+"""Name of the mesh axis the seeds (or flattened grid-point x seed pairs) are sharded over."""
 
 
 def seed_keys(n: int, base: jax.Array | None = None) -> jax.Array:
@@ -39,7 +52,10 @@ def as_keys(keys) -> jax.Array:
     """Normalise ``keys`` (an int n, typed keys (n,), or raw uint32 keys (n, 2)) to typed keys."""
     if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
         return seed_keys(keys)
-    keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+    try:
+        keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+    except TypeError:  # e.g. a string ("8" from a config file): say what keys may be
+        keys = jnp.zeros((0,))
     if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
         if keys.ndim != 1 or keys.shape[0] < 1:
             raise ValueError(f"keys must be a 1-d key array with >= 1 key, got shape {keys.shape}")
@@ -64,14 +80,6 @@ def check_finite(*arrays, names=None) -> None:
             )
 
 
-@partial(jax.jit, static_argnames=("fn", "model", "kwargs"))
-def _run_chunk(keys, args, hyper, *, fn, model, kwargs):
-    def one_seed(key):
-        return fn(model, model.init(key, **hyper), *args, **dict(kwargs))
-
-    return jax.vmap(one_seed)(keys)
-
-
 def _validate_call(fn, model, args, kwargs) -> None:
     from gradflow import probes  # local: probes do not depend on sweep
 
@@ -85,8 +93,12 @@ def sweep(
     model: Model,
     keys,
     *args,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = None,
     hyper: dict[str, Any] | None = None,
+    devices=None,
+    memory: int | str | None = None,
+    run_dir=None,
+    quiet: bool = False,
     **kwargs,
 ):
     """Compute ``fn(model, model.init(key_i), *args, **kwargs)`` for every seed, vmapped and jitted.
@@ -97,42 +109,305 @@ def sweep(
       model: the :class:`Model` whose ``init`` draws each seed's parameters.
       keys: an int n (seeds 0..n-1, see :func:`seed_keys`) or an array of keys.
       *args: arrays shared by all seeds (data), passed to ``fn`` as traced arguments.
-      chunk_size: seeds per compiled call (default: all at once). Memory grows with the chunk,
-        not with the number of seeds; the last chunk is padded so one compilation serves all.
-      hyper: keyword overrides for ``model.init`` (e.g. ``{"sigma_w2": 1.5}``), traced, so new
-        values do not recompile.
+      chunk_size: seeds per compiled call: an int, ``"auto"`` (the largest chunk whose compiled
+        program fits ``memory``, see :func:`auto_chunk_size`) or None (all at once). Memory grows
+        with the chunk, not with the number of seeds; chunks are rounded up to a multiple of the
+        device count and the last one is padded, so one compilation serves all.
+      hyper: traced values shared by all seeds, so new values do not recompile. Names that
+        ``model.init`` accepts (``sigma_w2``, ``sigma_b2``) go to init, others (e.g. ``lr``) to
+        ``fn`` as keyword arguments.
+      devices: the devices each chunk is sharded over: None (all local devices), an int k (the
+        first k) or a list of this process's devices. Results equal a one-device run.
+      memory: the per-device budget for ``chunk_size="auto"``: bytes or a string like ``"4GiB"``.
+      run_dir: a folder that makes the sweep resumable: each finished chunk is saved there
+        atomically, a re-run skips verified chunks, and a folder holding a different sweep is
+        refused with a ValueError. Results go to ``results.npz`` and ``config.json``.
+      quiet: no progress bar (it is only drawn when stderr is a terminal anyway).
       **kwargs: static options of ``fn`` (e.g. ``loss="mse"``); must be hashable.
 
     Returns:
       ``fn``'s pytree with numpy leaves and a leading seed axis of length n.
+
+    Multi-host (``jax.distributed.initialize``): a sweep runs on its process's local devices. Give
+    each process its own seeds and ``run_dir`` and gather the results (docs/scale.md).
     """
+    job = _prepare(fn, model, keys, args, kwargs, hyper, None, devices)
+    return _execute(job, chunk_size, memory, run_dir, quiet, "sweep")
+
+
+def grid_sweep(
+    fn: Callable[..., Any],
+    model: Model,
+    keys,
+    *args,
+    grid: dict[str, Any],
+    chunk_size: int | str | None = None,
+    hyper: dict[str, Any] | None = None,
+    devices=None,
+    memory: int | str | None = None,
+    run_dir=None,
+    quiet: bool = False,
+    **kwargs,
+):
+    """:func:`sweep` over seeds x a hyperparameter grid, as one compiled function.
+
+    ``grid={"sigma_w2": a1, "sigma_b2": a2}`` runs every seed at every point of the Cartesian
+    grid a1 x a2. The values are traced, never closed over, so the whole grid is one compilation;
+    names that ``model.init`` accepts go to init, others (e.g. a learning rate) go to ``fn`` as
+    keyword arguments. The (grid point, seed) pairs are flattened and chunked like seeds, so a
+    64 x 64 phase diagram x 32 seeds runs in bounded memory. Seed i is the same network at every
+    grid point (``sigma_w2`` only rescales it).
+
+    Args:
+      grid: name -> 1-d array of values (n_1,), (n_2,), ...
+      fn, model, keys, args, chunk_size, hyper, devices, memory, run_dir, quiet, kwargs: as for
+        :func:`sweep` (``chunk_size`` counts (grid point, seed) pairs).
+
+    Returns:
+      ``fn``'s pytree with numpy leaves of leading shape (n_1, n_2, ..., n_seeds).
+
+    References: Poole et al. 2016 (arXiv:1606.05340) and Schoenholz et al. 2017
+    (arXiv:1611.01232) for the (sigma_w2, sigma_b2) phase diagram.
+    """
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"grid must be a non-empty dict name -> 1-d values, got {grid!r:.80}")
+    job = _prepare(fn, model, keys, args, kwargs, hyper, grid, devices)
+    return _execute(job, chunk_size, memory, run_dir, quiet, "grid_sweep")
+
+
+def auto_chunk_size(
+    fn, model, keys, *args, memory=None, devices=None, hyper=None, grid=None, **kwargs
+) -> ChunkChoice:
+    """The chunk ``sweep(..., chunk_size="auto", memory=memory)`` would use (same arguments).
+
+    Compiles the chunk function at two small chunk sizes, fits bytes = a + b * chunk to their
+    ``memory_analysis()`` (arguments + outputs + temporaries), and takes the largest multiple of
+    the device count within budget, capped at the number of seeds (times grid points). Default
+    budget: 80% of an accelerator's memory, or on CPU half the RAM split across the devices.
+    """
+    job = _prepare(fn, model, keys, args, kwargs, hyper, grid, devices)
+    return _auto_chunk(job, memory)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The engine: items are (grid point, seed) pairs, item p = g * n_seeds + s.
+
+
+class _Job(NamedTuple):
+    key_data: np.ndarray  # raw key data of the seeds, (n_seeds, ...)
+    grid_shape: tuple[int, ...]  # () for a plain sweep
+    grid_flat: dict[str, np.ndarray]  # name -> (n_points,) value at each flattened grid point
+    args: tuple  # data, replicated over the mesh
+    hyper: dict  # shared traced values, replicated
+    static: dict  # static arguments of _run_chunk
+    fingerprint: Callable[[], dict]  # what a run directory must match (see gradflow.io)
+
+    @property
+    def n_items(self) -> int:
+        return math.prod(self.grid_shape) * self.key_data.shape[0]
+
+
+@partial(jax.jit, static_argnames=("fn", "model", "kwargs", "impl", "init_names", "mesh"))
+def _run_chunk(key_data, items, args, hyper, *, fn, model, kwargs, impl, init_names, mesh):
+    def one(key_data, item):
+        values = {**hyper, **item}
+        init_kw = {k: v for k, v in values.items() if k in init_names}
+        fn_kw = {k: v for k, v in values.items() if k not in init_names}
+        params = model.init(jax.random.wrap_key_data(key_data, impl=impl), **init_kw)
+        return fn(model, params, *args, **fn_kw, **dict(kwargs))
+
+    out = jax.vmap(one)(key_data, items)
+    seeds = NamedSharding(mesh, PartitionSpec(AXIS))
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, seeds), out)
+
+
+def _mesh(devices) -> Mesh:
+    local = jax.local_devices()
+    if devices is None:
+        devices = local
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(local):
+            raise ValueError(
+                f"devices (--devices) must be 1..{len(local)}, the local devices of this "
+                f"process, got {devices}"
+            )
+        devices = local[: int(devices)]
+    else:
+        devices = list(devices)
+        foreign = [d for d in devices if d.process_index != jax.process_index()]
+        if not devices or foreign:
+            raise ValueError(
+                f"devices must be a non-empty list of this process's devices, got {devices!r:.80}; "
+                "multi-host sweeps run one sweep per process (docs/scale.md)"
+            )
+    return Mesh(np.array(devices), (AXIS,))
+
+
+def _init_names(model) -> frozenset:
+    params = inspect.signature(model.init).parameters.values()
+    return frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+
+def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices) -> _Job:
     keys = as_keys(keys)
-    n = keys.shape[0]
     _validate_call(fn, model, args, kwargs)
-    chunk = n if chunk_size is None else int(chunk_size)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
-    chunk = min(chunk, n)
-    hyper = {k: jnp.asarray(v) for k, v in (hyper or {}).items()}
-    static = dict(fn=fn, model=model, kwargs=tuple(sorted(kwargs.items())))
-    args = tuple(jnp.asarray(a) for a in args)
+    hyper, grid = dict(hyper or {}), dict(grid or {})
+    init_names = _init_names(model)
+    clash = (set(hyper) & set(grid)) | ((set(hyper) | set(grid)) & set(kwargs))
+    if clash:
+        raise ValueError(f"{sorted(clash)} given twice (in hyper, grid or keyword options)")
+    to_fn = sorted((set(hyper) | set(grid)) - init_names)
+    fn_params = _parameters(fn)
+    if to_fn and fn_params is not None and not set(to_fn) <= fn_params:
+        raise ValueError(
+            f"{sorted(set(to_fn) - fn_params)} is neither a keyword of model.init "
+            f"({', '.join(sorted(init_names)) or 'none'}) nor a parameter of {_name(fn)}"
+        )
+    values = {}
+    for name, v in grid.items():
+        v = np.asarray(jnp.asarray(v))  # the dtype jax would use (float32 unless x64)
+        if v.ndim != 1 or v.size == 0:
+            raise ValueError(f"grid[{name!r}] must be a non-empty 1-d array, got shape {v.shape}")
+        values[name] = v
+    points = np.meshgrid(*values.values(), indexing="ij") if values else []
+    grid_flat = {name: p.reshape(-1) for name, p in zip(values, points, strict=True)}
+    mesh = _mesh(devices)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    args = jax.device_put(tuple(jnp.asarray(a) for a in args), replicated)
+    hyper = jax.device_put({k: jnp.asarray(v) for k, v in hyper.items()}, replicated)
+    key_data = np.asarray(jax.random.key_data(keys))
+    impl = jax.random.key_impl(keys)
+    static = dict(
+        fn=fn, model=model, kwargs=tuple(sorted(kwargs.items())), impl=impl,
+        init_names=init_names, mesh=mesh,
+    )  # fmt: skip
+    config = model.config.to_dict() if hasattr(model.config, "to_dict") else repr(model.config)
 
-    pending, results = None, []
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        chunk_keys = keys[start:stop]
-        if stop - start < chunk:  # pad with copies of the last key; dropped below
-            chunk_keys = jnp.concatenate([chunk_keys, jnp.repeat(chunk_keys[-1:], chunk - (stop - start))])
-        out = _run_chunk(chunk_keys, args, hyper, **static)  # dispatched asynchronously
+    def fingerprint() -> dict:  # hashing the data takes time: only a run_dir needs it
+        return {
+            "fn": _name(fn),
+            "model": config,
+            "kwargs": {k: repr(v) for k, v in sorted(kwargs.items())},
+            "keys": f"{key_data.shape[0]} {impl} keys, sha256 {io.hash_array(key_data)[:16]}",
+            "args": [f"{a.dtype}{list(a.shape)} sha256 {io.hash_array(a)[:16]}" for a in args],
+            "hyper": {k: np.asarray(v).tolist() for k, v in hyper.items()},
+            "grid": {k: v.tolist() for k, v in values.items()},
+        }
+
+    grid_shape = tuple(v.size for v in values.values())
+    return _Job(key_data, grid_shape, grid_flat, args, hyper, static, fingerprint)
+
+
+def _parameters(fn) -> set | None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def _name(fn) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def _specs(job: _Job, size: int):
+    s = NamedSharding(job.static["mesh"], PartitionSpec(AXIS))
+    kd = jax.ShapeDtypeStruct((size, *job.key_data.shape[1:]), job.key_data.dtype, sharding=s)
+    items = {
+        k: jax.ShapeDtypeStruct((size,), v.dtype, sharding=s) for k, v in job.grid_flat.items()
+    }
+    return kd, items, job.args, job.hyper
+
+
+def _inputs(job: _Job, start: int, size: int):
+    idx = np.minimum(np.arange(start, start + size), job.n_items - 1)  # pad with the last item
+    n_seeds = job.key_data.shape[0]
+    host = (job.key_data[idx % n_seeds], {k: v[idx // n_seeds] for k, v in job.grid_flat.items()})
+    kd, items = jax.device_put(host, NamedSharding(job.static["mesh"], PartitionSpec(AXIS)))
+    return kd, items, job.args, job.hyper
+
+
+def _execute(job: _Job, chunk_size, memory, run_dir, quiet, kind):
+    n, n_dev = job.n_items, job.static["mesh"].size
+    if not (chunk_size is None or chunk_size == "auto"):
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+            raise ValueError(f"chunk_size must be an int >= 1, 'auto' or None, got {chunk_size!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    run = None
+    if run_dir is not None:
+        fingerprint = {"kind": kind, **job.fingerprint(), "chunk_size": chunk_size}
+        run = io.RunDir.open(run_dir, fingerprint)  # refuses a different sweep, before any work
+    runner = partial(_run_chunk, **job.static)
+    bar = Progress(n, unit="seeds", desc=kind, quiet=quiet)
+    if run is not None and run.chunk_size is not None:
+        chunk = run.chunk_size  # resuming: the stored chunks define the split
+    elif chunk_size == "auto":
+        choice, runner = _auto_chunk(job, memory)
+        chunk = choice.chunk_size
+        bar.note(f"chunk_size auto: {chunk} ({choice.method}, ~{choice.predicted_bytes:.3g} B)")
+    else:
+        chunk = _round_up(min(n if chunk_size is None else int(chunk_size), n), n_dev)
+    padded = _round_up(chunk, n_dev)  # differs from chunk only for a run resumed elsewhere
+    if run is not None:
+        run.begin(chunk, n)
+    spec = jax.eval_shape(partial(_run_chunk, **job.static), *_specs(job, padded))
+    specs, treedef = jax.tree.flatten(spec)
+    results = [np.empty((n, *s.shape[1:]), s.dtype) for s in specs]
+
+    def finish(i, leaves, computed):
+        start = i * chunk
+        count = min(chunk, n - start)
+        leaves = [np.asarray(a)[:count] for a in leaves]  # gathers the shards to the host
+        if computed and run is not None:
+            run.save_chunk(i, leaves)
+        for r, a in zip(results, leaves, strict=True):
+            r[start : start + count] = a
+        bar.update(count, computed=computed)
+
+    with bar:
+        pending = None
+        for i in range(-(-n // chunk)):
+            if run is not None:
+                count = min(chunk, n - i * chunk)
+                expected = [((count, *s.shape[1:]), s.dtype) for s in specs]
+                loaded = run.load_chunk(i, expected)
+                if loaded is not None:
+                    finish(i, loaded, computed=False)
+                    continue
+            out = runner(*_inputs(job, i * chunk, padded))  # dispatched asynchronously
+            if pending is not None:  # fetch the previous chunk while this one runs
+                finish(*pending, computed=True)
+            pending = (i, jax.tree.leaves(out))
         if pending is not None:
-            results.append(_to_host(*pending))
-        pending = (out, stop - start)
-    results.append(_to_host(*pending))
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *results)
+            finish(*pending, computed=True)
+    lead = (*job.grid_shape, job.key_data.shape[0])
+    out = jax.tree.unflatten(treedef, [r.reshape(lead + r.shape[1:]) for r in results])
+    if run is not None:
+        run.write_results(out)
+    return out
 
 
-def _to_host(tree, count):
-    return jax.tree.map(lambda a: np.asarray(a)[:count], tree)
+def _auto_chunk(job: _Job, memory):
+    """(ChunkChoice, compiled runner) for ``chunk_size="auto"``; see :func:`memory.choose_chunk`."""
+    mesh = job.static["mesh"]
+    if memory is None:
+        budget = default_budget(mesh.devices.flat[0], mesh.size)
+    else:
+        budget = parse_bytes(memory)
+    return choose_chunk(  # _run_chunk.lower(...) shares jit's in-memory compilation cache
+        lambda size: _run_chunk.lower(*_specs(job, size), **job.static).compile(),
+        lambda size: jax.make_jaxpr(partial(_run_chunk, **job.static))(*_specs(job, size)),
+        job.n_items,
+        mesh.size,
+        budget,
+    )
 
 
 class Summary(NamedTuple):

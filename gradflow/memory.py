@@ -1,0 +1,159 @@
+"""Memory budgets for chunked sweeps: parse ``"4GiB"``, measure a compiled chunk, pick its size.
+
+XLA reports what a compiled program needs (``compiled.memory_analysis()``: arguments, outputs
+and temporaries, per device). A sweep's chunk needs about ``a + b * seeds_per_device`` bytes, so
+two small compilations give the line and the budget gives the largest chunk on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+class ChunkChoice(NamedTuple):
+    """What ``chunk_size="auto"`` chose, and why. Byte counts are per device.
+
+    Attributes:
+      chunk_size: seeds per compiled call, a multiple of the device count.
+      budget: the per-device budget in bytes.
+      fixed_bytes: ``a``, the part that does not grow with the chunk (data, code).
+      per_seed_bytes: ``b``, bytes per seed on the device that computes it.
+      predicted_bytes: ``a + b * chunk_size / n_devices``, or the measured bytes at the chosen
+        chunk when XLA's accounting is available.
+      method: ``"memory_analysis"`` (XLA's accounting of the compiled program) or
+        ``"traced estimate"`` (fallback: every intermediate of the traced program alive at once,
+        an overestimate).
+    """
+
+    chunk_size: int
+    budget: int
+    fixed_bytes: float
+    per_seed_bytes: float
+    predicted_bytes: float
+    method: str
+
+
+def parse_bytes(memory) -> int:
+    """Bytes from ``"4GiB"`` (4 * 2**30), ``"500MB"`` (5 * 10**8) or a number; ``iB`` = 1024."""
+    value = memory
+    if isinstance(memory, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*", memory)
+        if m is None:
+            raise ValueError(
+                f"memory (--memory) must look like 4GiB, 512MB or 1e9 bytes, got {memory!r}"
+            )
+        power = " KMGT".index(m.group(2).upper() or " ")
+        value = float(m.group(1)) * (1024 if m.group(3) else 1000) ** power
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"memory (--memory) must be bytes or a string like '4GiB', got {memory!r}")
+    if not math.isfinite(value) or not value >= 1:
+        raise ValueError(f"memory (--memory) must be a positive number of bytes, got {memory!r}")
+    return int(value)
+
+
+def default_budget(device, n_devices: int) -> int:
+    """80% of an accelerator's memory; on CPU, half the RAM split across the (simulated) devices."""
+    stats = device.memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(0.8 * stats["bytes_limit"])
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return ram // 2 // n_devices
+
+
+def compiled_bytes(compiled) -> int | None:
+    """Per-device bytes of a compiled program (arguments + outputs + temporaries + code), or None
+    if the backend does not report them."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - unimplemented on some backends; the caller falls back
+        return None
+    if m is None:
+        return None
+    return int(
+        m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        - m.alias_size_in_bytes + m.generated_code_size_in_bytes
+    )  # fmt: skip
+
+
+def traced_bytes(closed_jaxpr) -> int:
+    """Bytes of every intermediate of a traced program, as if all were alive at once."""
+
+    def total(jaxpr) -> int:
+        n = 0
+        for eqn in jaxpr.eqns:
+            for v in eqn.outvars:
+                n += int(np.prod(v.aval.shape)) * getattr(v.aval.dtype, "itemsize", 8)
+            for p in eqn.params.values():
+                for sub in p if isinstance(p, (tuple, list)) else (p,):
+                    sub = getattr(sub, "jaxpr", sub)
+                    if hasattr(sub, "eqns"):
+                        n += total(sub)
+        return n
+
+    return total(closed_jaxpr.jaxpr)
+
+
+def choose_chunk(
+    compile_at: Callable[[int], Any],
+    trace_at: Callable[[int], Any],
+    n_items: int,
+    n_devices: int,
+    budget: int,
+) -> tuple[ChunkChoice, Any]:
+    """The largest chunk (a multiple of ``n_devices``, at most ``n_items`` rounded up) in budget.
+
+    Args:
+      compile_at: chunk size -> compiled program (``jit(f).lower(...).compile()``).
+      trace_at: chunk size -> closed jaxpr, used only when ``memory_analysis()`` is unavailable.
+      n_items: seeds (or grid point x seed pairs) in the sweep.
+      n_devices: devices a chunk is sharded over.
+      budget: per-device bytes.
+
+    Returns:
+      ``(ChunkChoice, compiled program at the chosen chunk)``.
+
+    Raises:
+      ValueError: if one seed per device does not fit the budget.
+    """
+    per_full = -(-n_items // n_devices)  # seeds per device if all ran at once
+    sizes = sorted({max(1, min(4, per_full // 2)), min(16, per_full)})
+    compiled = {p: compile_at(p * n_devices) for p in sizes}
+    measured = {p: compiled_bytes(c) for p, c in compiled.items()}
+    method = "memory_analysis"
+    if any(m is None for m in measured.values()):
+        method = "traced estimate"
+        measured = {p: traced_bytes(trace_at(p * n_devices)) // n_devices for p in sizes}
+        warnings.warn(
+            "chunk_size='auto': this backend's memory_analysis() is unavailable, so the chunk "
+            "comes from a conservative estimate (all intermediates alive at once); pass an int "
+            "chunk_size to override",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    lo, hi = sizes[0], sizes[-1]
+    b = (measured[hi] - measured[lo]) / (hi - lo) if hi > lo else measured[hi] / hi
+    a = measured[lo] - b * lo
+    per = per_full if b <= 0 else int(min(per_full, max(1, (budget - a) // b)))
+    got = a + b * per
+    while True:  # check the chosen size itself: XLA's memory need not be exactly linear
+        if per not in compiled:
+            compiled[per] = compile_at(per * n_devices)
+        if method == "memory_analysis":
+            got = compiled_bytes(compiled[per])
+        if got <= budget or per == 1:
+            break
+        per = max(1, min(per - 1, int(per * budget / got * 0.95)))
+    if got > budget:
+        raise ValueError(
+            f"memory budget {budget:,} B per device is below the ~{int(got):,} B that one seed "
+            "per device needs; raise the budget (memory=, --memory) or shrink the batch"
+        )
+    choice = ChunkChoice(per * n_devices, budget, float(a), float(b), float(got), method)
+    return choice, compiled[per]
