@@ -1,0 +1,323 @@
+"""Jacobian spectra against independent references: jax.jacfwd, float64 dense products and their
+inverses, exact identities (log|det|), Newman's Lyapunov exponents and the quarter-circle law."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import digamma, polygamma
+
+import gradflow
+from gradflow import spectra
+from gradflow.models import ACTIVATIONS, init_dense, mlp_forward
+from tests.conftest import assert_trees_close
+
+jsv = spectra.jacobian_singular_values
+
+# Small nets covering every layer kind: a plain first layer of another width, residual hidden
+# layers, an output activation, and a bottleneck narrower than input and output.
+NETS = {
+    "residual_tanh": dict(
+        widths=[6, 9, 9, 9, 5], activation="tanh", init="gaussian", sigma_w2=1.76,
+        sigma_b2=0.05, output_activation="sigmoid", residual=True,
+    ),
+    "bottleneck_gelu": dict(widths=[8, 3, 8], activation="gelu"),
+}  # fmt: skip
+
+
+def _net(name):
+    kw = dict(NETS[name])
+    widths = kw.pop("widths")
+    return gradflow.mlp(widths, **kw)
+
+
+def _init(model, seed=0):
+    return jax.jit(model.init)(jax.random.key(seed))  # one compile instead of many eager ops
+
+
+def _x(model, batch, key=1):
+    return jax.random.normal(jax.random.key(key), (batch, model.config.widths[0]))
+
+
+def _chain_params(key, n, depth, init, sigma_w2=1.0, sigma_b2=0.0):
+    """Concrete params of a depth-``depth`` width-n chain, drawn with one vmapped init_dense.
+
+    ``model.init`` draws 10,000 layers one eager op at a time; this is the same init, batched.
+    """
+    keys = jax.random.split(key, depth)
+    draw = jax.jit(jax.vmap(lambda k: init_dense(k, n, n, init, sigma_w2, sigma_b2)))
+    layers = draw(keys)
+    w, b = np.asarray(layers["w"]), np.asarray(layers["b"])
+    return [{"w": w[l], "b": b[l]} for l in range(depth)]
+
+
+def _jacfwd64(model, params, x):
+    """Dense float64 reference: jax.jacfwd of model.apply per example, params cast to float64."""
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
+        x64 = jnp.asarray(np.asarray(x), jnp.float64)
+        jac = jax.jit(jax.vmap(jax.jacfwd(lambda xi: model.apply(p64, xi[None, :])[0])))(x64)
+        return np.asarray(jac)
+
+
+def _np_layer_jacobians64(config, params, x):
+    """Hand-written float64 layer Jacobians diag(phi'(z)) W^T (plain layers, linear output)."""
+    dphi = {"linear": lambda z: np.ones_like(z), "tanh": lambda z: 1 - np.tanh(z) ** 2}
+    phi = {"linear": lambda z: z, "tanh": np.tanh}
+    a, jacs = np.asarray(x, np.float64), []
+    for l, p in enumerate(params):
+        w, b = np.asarray(p["w"], np.float64), np.asarray(p["b"], np.float64)
+        z = a @ w + b
+        name = config.activation if l < len(params) - 1 else "linear"
+        jacs.append(dphi[name](z)[:, None] * w.T)
+        a = phi[name](z)
+    return jacs
+
+
+def _log_sv(m):
+    return np.log(np.linalg.svd(m, compute_uv=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Layer Jacobians
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_layer_jacobians_equal_jacfwd(name):
+    model = _net(name)
+    cfg = model.config
+    params = _init(model)
+    x = _x(model, 1)[0]
+    jacs = spectra.layer_jacobians(model, params, x)
+
+    @jax.jit
+    def reference(params, x):
+        _, _, inputs = mlp_forward(cfg, params, x[None, :])
+        want = []
+        for l, p in enumerate(params):
+            out = l == len(params) - 1
+            phi = ACTIVATIONS[(cfg.output_activation or "linear") if out else cfg.activation]
+            res = cfg.residual and not out and p["w"].shape[0] == p["w"].shape[1]
+
+            def layer(a, p=p, phi=phi, res=res):
+                h = phi(a @ p["w"] + p["b"])
+                return a + h if res else h
+
+            want.append(jax.jacfwd(layer)(inputs[l][0]))
+        return want, jax.jacfwd(lambda xi: model.apply(params, xi[None, :])[0])(x)
+
+    want, whole = reference(params, x)
+    assert [j.shape for j in jacs] == [(p["w"].shape[1], p["w"].shape[0]) for p in params]
+    # float32, same operations in another order: a few ulps of entries of size ~1.
+    assert_trees_close(jacs, want, rtol=1e-5, atol=1e-6)
+    # The chain of analytic Jacobians is the Jacobian of model.apply, output activation included.
+    prod = jacs[0]
+    for jac in jacs[1:]:
+        prod = jac @ prod
+    np.testing.assert_allclose(prod, whole, rtol=1e-5, atol=1e-6)  # as above, L products deep
+
+
+def test_layer_singular_values_per_example():
+    model = _net("residual_tanh")
+    params = _init(model, 0)
+    x = _x(model, 3)
+    got = spectra.layer_singular_values(model, params, x)
+    assert [g.shape for g in got] == [(3, 6), (3, 9), (3, 9), (3, 5)]
+    for i in range(3):
+        jacs = spectra.layer_jacobians(model, params, x[i])
+        want = [np.linalg.svd(np.asarray(j, np.float64), compute_uv=False) for j in jacs]
+        # float32 SVD of O(1) matrices: relative error a few eps times the condition number.
+        assert_trees_close([g[i] for g in got], want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("init, sigma", [("glorot_uniform", 1.0), ("glorot_standard", 3**-0.5)])
+def test_glorot_mean_layer_singular_value(init, sigma):
+    """REFERENCES section 2: mean singular value of an n x n matrix with iid entries of variance
+    sigma^2/n -> sigma 8/(3 pi) (quarter-circle law): 0.849 (normalized), 0.490 (standard)."""
+    n = 64
+    model = gradflow.mlp([n, n, n], "linear", init)
+    sv = gradflow.sweep(spectra.layer_singular_values, model, 16, _x(model, 1), quiet=True)
+    mean = np.mean(sv[0])  # 16 seeds x 64 singular values
+    # Finite-n bias at n = 64 is -0.3% (numpy Monte Carlo: 0.8460 vs 0.8488); the seed-to-seed
+    # scatter of the mean is ~0.002 / sqrt(16). 2% covers both with a wide margin.
+    np.testing.assert_allclose(mean, sigma * 8 / (3 * math.pi), rtol=0.02)
+
+
+# --------------------------------------------------------------------------------------------
+# Input-output spectrum: exact regime
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_exact_matches_float64_jacfwd(name):
+    model = _net(name)
+    params = _init(model, 0)
+    x = _x(model, 2)
+    ref = _log_sv(_jacfwd64(model, params, x))
+    got = np.asarray(jsv(model, params, x, log=True))
+    dense = np.asarray(jsv(model, params, x, log=True, method="dense"))
+    assert got.shape == dense.shape == ref.shape
+    # float64 dense SVD resolves singular values down to ~1e-16 sigma_max; at 1e-10 sigma_max
+    # its relative error is still < 1e-5.
+    ok = ref > ref[:, :1] + math.log(1e-10)
+    # Exact method, float32: ~eps per layer and per rotation, in log sigma; 1e-3 is ~20x the
+    # largest error seen.
+    np.testing.assert_allclose(got[ok], ref[ok], atol=1e-3)
+    # Dense float32 is only good to ~eps sigma_max in absolute terms: compare the top decade.
+    top = ref > ref[:, :1] + math.log(0.1)
+    np.testing.assert_allclose(dense[top], ref[top], atol=1e-3)
+    if name == "bottleneck_gelu":  # rank 3: the other 5 are exactly zero
+        assert np.all(np.isneginf(got[:, 3:])) and np.all(np.isfinite(got[:, :3]))
+
+
+@pytest.mark.parametrize("activation, sigma_w2", [("linear", 1.0), ("tanh", 1.76)])
+def test_exact_beyond_float32_range(activation, sigma_w2):
+    """Depth 100, width 4: the spectrum spans ~120 nats, sigma_min ~ e^-130 is below float32's
+    smallest number. The top singular values come from the float64 product J, the bottom ones
+    from its inverse chain (sigma_i(J^-1) = 1 / sigma_{n+1-i}(J)), and their sum from
+    log|det J| = sum_l log|det J^l| -- together they pin every value."""
+    n, depth = 4, 100
+    model = gradflow.mlp([n] * (depth + 1), activation, "gaussian", sigma_w2=sigma_w2)
+    params = _chain_params(jax.random.key(2), n, depth, "gaussian", sigma_w2)
+    x = _x(model, 1)
+    got = np.asarray(jsv(model, params, x, log=True))[0]
+    jacs = _np_layer_jacobians64(model.config, params, np.asarray(x)[0])
+    fwd, inv = np.eye(n), np.eye(n)
+    for jac in jacs:
+        fwd, inv = jac @ fwd, inv @ np.linalg.inv(jac)
+    top, bottom = _log_sv(fwd), -_log_sv(inv)[::-1]
+    logdet = sum(np.linalg.slogdet(j)[1] for j in jacs)
+    assert got[-1] < math.log(np.finfo(np.float32).smallest_subnormal)  # really out of range
+    tol = 1e-3  # float32, ~eps per layer in log sigma over 100 layers, with a 10x margin
+    np.testing.assert_allclose(got[:2], top[:2], atol=tol)  # within 1e-10 of sigma_max
+    np.testing.assert_allclose(got[-1], bottom[-1], atol=tol)  # within 1e-10 of sigma_min
+    np.testing.assert_allclose(got.sum(), logdet, atol=tol)
+
+
+def test_batch_equals_per_example():
+    model = _net("residual_tanh")
+    params = _init(model, 0)
+    x = _x(model, 2)
+    batch = jsv(model, params, x, log=True)
+    single = jnp.concatenate([jsv(model, params, x[i : i + 1], log=True) for i in range(2)])
+    # Same computation, batched or not: identical up to a few ulps.
+    assert_trees_close(batch, single, rtol=1e-5, atol=1e-6)
+
+
+def test_sweep_equals_python_loop():
+    model = _net("bottleneck_gelu")
+    x = _x(model, 2)
+    got = gradflow.sweep(jsv, model, 3, x, log=True, quiet=True)
+    init = jax.jit(model.init)
+    want = [jsv(model, init(k), x, log=True) for k in gradflow.seed_keys(3)]
+    assert got.shape == (3, 2, 8)
+    # vmap over seeds batches the same float32 LAPACK calls: a few ulps of O(1) logs.
+    assert_trees_close(got, np.stack(want), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Input-output spectrum: depth 1,000-10,000 (dynamical isometry and the Lyapunov regime)
+
+
+def test_orthogonal_linear_isometry():
+    n = 8
+    for depth, methods in ((1_000, ("exact",)), (10_000, ("exact", "lyapunov"))):
+        model = gradflow.mlp([n] * (depth + 1), "linear", "orthogonal")
+        params = _chain_params(jax.random.key(3), n, depth, "orthogonal")
+        x = _x(model, 1)
+        for method in methods:
+            log_sv = np.asarray(jsv(model, params, x, log=True, method=method))
+            # float32 weights are orthogonal to ~eps sqrt(n) ~ 3e-7, so log sigma can drift by at
+            # most ~depth * 3e-7 (3e-4 at 1,000; seen: 2e-4 at 10,000); 1e-2 leaves room.
+            assert np.all(np.isfinite(log_sv)) and np.abs(log_sv).max() < 1e-2
+        if depth == 1_000:
+            sv = np.asarray(jsv(model, params, x))  # log=False: every singular value is 1
+            np.testing.assert_allclose(sv, 1.0, atol=1e-3)  # as above, at depth 1,000
+
+
+def test_gaussian_linear_lyapunov_exponents():
+    """n x n Gaussian matrices with entry variance 1/n: the Lyapunov exponents are
+    lambda_i = (1/2) (log(2/n) + psi((n - i + 1)/2)) (Newman 1986). For the QR method this is
+    exact in distribution: W Q is again Gaussian, so r_ii^2 ~ chi^2_{n-i+1}/n independently per
+    layer, and sum_l log r_ii / L has mean lambda_i and variance psi'((n-i+1)/2) / (4 L)."""
+    n, depth = 8, 10_000
+    model = gradflow.mlp([n] * (depth + 1), "linear", "lecun")
+    params = _chain_params(jax.random.key(4), n, depth, "lecun")
+    i = np.arange(1, n + 1)
+    lam = 0.5 * (np.log(2 / n) + digamma((n - i + 1) / 2))
+    se = np.sqrt(polygamma(1, (n - i + 1) / 2) / (4 * depth))
+    logdet = sum(np.linalg.slogdet(np.asarray(p["w"], np.float64))[1] for p in params)
+    for method in ("exact", "lyapunov"):
+        log_sv = np.asarray(jsv(model, params, jnp.zeros((1, n)), log=True, method=method))[0]
+        # Fixed key, so deterministic; 4 standard errors. The exact values differ from the QR
+        # diagonal by O(1) in total, O(1e-4) per layer, well inside.
+        assert np.all(np.abs(log_sv / depth - lam) < 4 * se), (method, (log_sv / depth - lam) / se)
+        # Exact identity: sum_i log sigma_i = log|det J| (~ -4e4 here); float32 accumulation
+        # over 10,000 layers leaves ~0.05 (relative 1e-6).
+        np.testing.assert_allclose(log_sv.sum(), logdet, atol=0.5)
+
+
+def test_lyapunov_method_is_an_estimate_with_exact_sum():
+    """At moderate depth the QR diagonal is not the spectrum (O(1) off) but sums to log|det|."""
+    n, depth = 6, 20
+    model = gradflow.mlp([n] * (depth + 1), "linear", "gaussian")
+    params = _init(model, 5)
+    x = _x(model, 1)
+    ref = _log_sv(_jacfwd64(model, params, x))[0]
+    lyap = np.asarray(jsv(model, params, x, log=True, method="lyapunov"))[0]
+    np.testing.assert_allclose(lyap.sum(), ref.sum(), atol=1e-3)  # float32 over 20 layers
+    assert np.abs(lyap - ref).max() > 0.05  # an estimate: visibly off for single values
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries
+
+
+def test_spectrum_summary_plain_and_log():
+    sv = np.array([[3.0, 2.0, 1.0], [4.0, 4.0, 2.0]])
+    s = spectra.spectrum_summary(sv)
+    np.testing.assert_allclose(s.mean_sq, [14 / 3, 12.0], rtol=1e-6)
+    np.testing.assert_allclose(s.var_sq, np.var(sv**2, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(s.max, [3, 4])
+    np.testing.assert_allclose(s.condition, [3, 2], rtol=1e-6)
+    logs = spectra.spectrum_summary(np.log(sv), log=True)
+    # float32 exp/log round trip of O(1) numbers.
+    assert_trees_close(jax.tree.map(jnp.exp, logs), s, rtol=1e-5)
+    # Log form stays finite where sigma^2 overflows any float.
+    deep = spectra.spectrum_summary(np.array([[5000.0, -3000.0, -9000.0]]), log=True)
+    np.testing.assert_allclose(deep.mean_sq, 10000 - np.log(3), rtol=1e-6)
+    np.testing.assert_allclose(deep.var_sq, 20000 + np.log(2 / 9), rtol=1e-6)
+    np.testing.assert_allclose(deep.condition, 14000)
+
+
+def test_spectral_density():
+    values = np.concatenate([np.linspace(0, 1, 1000), [-np.inf]]).reshape(7, 11, 13)
+    density, edges = spectra.spectral_density(values, bins=10)
+    assert density.shape == (10,) and edges.shape == (11,)
+    np.testing.assert_allclose(np.sum(density * np.diff(edges)), 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_input_names_the_problem():
+    model = _net("residual_tanh")
+    params = _init(model, 0)
+    x = _x(model, 2)
+    with pytest.raises(ValueError, match=r"shape \(batch, 6\)"):
+        jsv(model, params, x[0])
+    with pytest.raises(ValueError, match=r"shape \(batch, 6\)"):
+        jsv(model, params, x[:, :5])
+    with pytest.raises(ValueError, match=r"one example x of shape \(6,\)"):
+        spectra.layer_jacobians(model, params, x)
+    with pytest.raises(ValueError, match="unknown method 'svd'"):
+        jsv(model, params, x, method="svd")
+    with pytest.raises(ValueError, match="list of 4 layer dicts"):
+        jsv(model, params[:3], x)
+    rnn = gradflow.rnn(3, 5, 2)
+    with pytest.raises(ValueError, match="needs an MLP"):
+        jsv(rnn, rnn.init(jax.random.key(0)), jnp.zeros((2, 4, 3)))
+    with pytest.raises(ValueError, match="no finite values"):
+        spectra.spectral_density(np.full(3, -np.inf))
