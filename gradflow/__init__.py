@@ -1,6 +1,6 @@
 """gradflow: exact, at-scale measurement of vanishing and exploding gradients in JAX."""
 
-from gradflow import data, io, losses, models, probes
+from gradflow import data, io, losses, models, probes, spectra, theory
 from gradflow import sweep as sweeps
 from gradflow.losses import LOSSES
 from gradflow.models import ACTIVATIONS, INITS, Model, lstm, mlp, rnn
@@ -11,6 +11,7 @@ from gradflow.probes import (
     preact_grads,
     time_grad_norms,
 )
+from gradflow.spectra import jacobian_singular_values, layer_jacobians, spectrum_summary
 from gradflow.sweep import Summary, auto_chunk_size, grid_sweep, seed_keys, summarize, sweep
 
 __version__ = "0.1.0"
@@ -27,6 +28,8 @@ __all__ = [
     "data",
     "grid_sweep",
     "io",
+    "jacobian_singular_values",
+    "layer_jacobians",
     "layer_grad_norms",
     "losses",
     "lstm",
@@ -36,6 +39,8 @@ __all__ = [
     "probes",
     "rnn",
     "seed_keys",
+    "spectra",
+    "spectrum_summary",
     "summarize",
     "sweep",
     "sweeps",

@@ -1,0 +1,256 @@
+"""The ``gradflow`` command line: ``gradflow sweep ...`` and ``gradflow demo``.
+
+Bad input is a one-line error naming the problem and the fix, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default prints the usage too)
+        self.exit(USAGE_ERROR, f"gradflow: error: {message} (see '{self.prog} --help')\n")
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--widths must be comma-separated ints like 784,30,10, got {text!r}"
+        ) from None
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--widths",
+        type=_widths,
+        default=(784, 30, 30, 30, 10),
+        help="layer sizes, input first, e.g. 784,30,30,30,10",
+    )
+    p.add_argument("--activation", default="sigmoid", help="hidden nonlinearity (default sigmoid)")
+    p.add_argument("--init", default="nielsen", help="initialisation (default nielsen)")
+    p.add_argument(
+        "--sigma-w2", type=float, default=None, help="weight variance (gaussian/orthogonal)"
+    )
+    p.add_argument(
+        "--sigma-b2", type=float, default=None, help="bias variance (gaussian/orthogonal)"
+    )
+    p.add_argument("--residual", action="store_true", help="residual hidden layers of equal width")
+    p.add_argument("--loss", default="sigmoid_xent", help="mse, xent or sigmoid_xent (default)")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="mnist", help="mnist, digits or gaussian (default mnist)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with MNIST IDX files or mnist.npz (default $GRADFLOW_DATA, else the "
+        "embedded 5,000-digit subset)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1000,
+        help="examples in the batch (the first N training examples; default 1000)",
+    )
+    p.add_argument(
+        "--q",
+        type=float,
+        default=1.0,
+        help="per-unit second moment of --data gaussian inputs (default 1)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gradflow", description="Measure vanishing and exploding gradients.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("sweep", help="per-layer gradient norms over many random seeds")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--seeds", type=int, default=100, help="number of seeds (default 100)")
+    p.add_argument(
+        "--chunk-size",
+        default=None,
+        help="seeds per compiled call, or 'auto' to fit --memory (default: all at once)",
+    )
+    p.add_argument(
+        "--memory", default=None, help="per-device budget for --chunk-size auto, e.g. 4GiB"
+    )
+    p.add_argument("--devices", type=int, default=None, help="local devices to use (default all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run folder for results.npz and config.json; finished chunks are saved there, so "
+        "re-running the same command resumes",
+    )
+
+    p = sub.add_parser("demo", help="the vanishing-gradient story on real MNIST digits")
+    p.add_argument("--seeds", type=int, default=128, help="seeds per network (default 128)")
+    p.add_argument("--batch", type=int, default=1000, help="MNIST digits in the batch")
+    p.add_argument("--data-dir", default=None, help="folder with MNIST (default: embedded)")
+    p.add_argument("--out", default="runs/demo", help="folder for the figure and results")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "sweep":
+            return cmd_sweep(args)
+        if args.command == "demo":
+            from gradflow.demo import run_demo
+
+            return run_demo(args)
+    except ValueError as e:
+        print(f"gradflow: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("gradflow: interrupted", file=sys.stderr)
+        return 130
+    raise AssertionError(args.command)
+
+
+# --------------------------------------------------------------------------------------------
+# gradflow sweep
+
+
+def load_batch(args, n_in: int, n_out: int):
+    """The (x, y) batch a command asked for: the first ``--batch`` training examples."""
+    import jax
+
+    from gradflow import data
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.data == "gaussian":
+        kx, ky = jax.random.split(jax.random.key(1))
+        x = np.asarray(data.gaussian_inputs(kx, args.batch, n_in, args.q))
+        y = np.asarray(jax.random.normal(ky, (args.batch, n_out)), np.float32)
+        return x, y, f"Gaussian inputs, q = {args.q}, {n_in} features; Gaussian targets"
+    ds = data.load(args.data, args.data_dir)
+    if args.batch > ds.x_train.shape[0]:
+        raise ValueError(
+            f"--batch {args.batch} exceeds the {ds.x_train.shape[0]} training examples of "
+            f"{ds.source}; lower --batch"
+        )
+    if ds.x_train.shape[1] != n_in:
+        raise ValueError(
+            f"--data {args.data} has {ds.x_train.shape[1]} features but --widths starts with "
+            f"{n_in}; use --widths {ds.x_train.shape[1]},..."
+        )
+    if ds.n_classes > n_out:
+        raise ValueError(
+            f"--data {args.data} has {ds.n_classes} classes but the last width is {n_out}; "
+            f"end --widths with {ds.n_classes}"
+        )
+    x, y = ds.x_train[: args.batch], ds.y_train[: args.batch]
+    return x, y, f"{ds.source}; first {args.batch} training examples"
+
+
+def _chunk_size(text):
+    if text is None or text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--chunk-size must be a positive int or 'auto', got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"--chunk-size must be >= 1, got {value}")
+    return value
+
+
+def cmd_sweep(args) -> int:
+    import gradflow as gf
+
+    model = gf.mlp(
+        args.widths,
+        args.activation,
+        args.init,
+        sigma_w2=args.sigma_w2,
+        sigma_b2=args.sigma_b2,
+        residual=args.residual,
+    )
+    gf.losses.get_loss(args.loss)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    chunk = _chunk_size(args.chunk_size)
+    if args.memory is not None and chunk is None:
+        chunk = "auto"  # a budget alone means: size the chunks to it
+    x, y, source = load_batch(args, args.widths[0], args.widths[-1])
+    print(f"data: {source}")
+    print(
+        f"model: widths {list(args.widths)}, {args.activation}, init {args.init}, "
+        f"loss {args.loss}; {args.seeds} seeds"
+    )
+    resuming = bool(args.out) and (pathlib.Path(args.out) / "run.json").exists()
+    # --out is also the run directory: a matching run resumes, a different one is refused
+    norms = gf.sweep(
+        gf.layer_grad_norms, model, args.seeds, x, y, loss=args.loss, chunk_size=chunk,
+        memory=args.memory, devices=args.devices, quiet=args.quiet, run_dir=args.out,
+    )  # fmt: skip
+    if resuming:
+        print(f"resumed the run in {args.out}: chunks finished earlier were loaded")
+    print(format_layer_table(norms))
+    if args.out:
+        out = save_run(
+            args.out,
+            norms._asdict(),
+            {
+                "command": "sweep",
+                **vars(args),
+                "model": model.config.to_dict(),
+                "data_source": source,
+            },
+        )
+        print(f"wrote {out / 'results.npz'} and {out / 'config.json'}")
+    return 0
+
+
+def _band(values) -> str:
+    from gradflow.sweep import summarize
+
+    s = summarize(values)
+    return f"{s.median:9.3g} [{s.q05:8.2g}, {s.q95:8.2g}]"
+
+
+def format_layer_table(norms) -> str:
+    """Per-layer table: median [5%, 95%] across seeds of bias, weight and hidden-unit gradient
+    norms, the median ratio to the last layer, and how many seeds gave NaN/inf or exact zeros."""
+    n_layers = norms.weights.shape[1]
+    head = (
+        f"{'layer':>5}  {'||dC/db^l|| median [5%, 95%]':>32}  {'||dC/dW^l||':>32}  "
+        f"{'rms_x ||dC_x/dz^l||':>32}  {'b ratio to last':>15}  {'non-finite':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = norms.biases / norms.biases[:, -1:]
+    for l in range(n_layers):
+        bad = int(np.sum(~np.isfinite(norms.weights[:, l]) | ~np.isfinite(norms.biases[:, l])))
+        lines.append(
+            f"{l + 1:>5}  {_band(norms.biases[:, l]):>32}  {_band(norms.weights[:, l]):>32}  "
+            f"{_band(norms.preacts[:, l]):>32}  {np.nanmedian(ratio[:, l]):15.3g}  "
+            f"{bad:>10}"
+        )
+    return "\n".join(lines)
+
+
+def save_run(out_dir, arrays: dict, config: dict) -> pathlib.Path:
+    """Write ``results.npz`` and ``config.json`` (config, versions, device, git commit) to
+    ``out_dir``, each atomically (see :func:`gradflow.io.save_results`)."""
+    from gradflow import io
+
+    return io.save_results(out_dir, arrays, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
