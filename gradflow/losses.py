@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def mse(output: jax.Array, target: jax.Array) -> jax.Array:
@@ -82,7 +83,8 @@ def check_targets(loss: str, output_shape: tuple[int, ...], y, name: str = "y") 
         # one_hot maps an out-of-range label to an all-zero target, silently; check concrete
         # labels here (traced ones were checked at the API boundary).
         if not isinstance(y, jax.core.Tracer) and shape[0] > 0:
-            lo, hi = int(y.min()), int(y.max())
+            labels = np.asarray(y)  # numpy: no tracing even inside a jit/scan trace
+            lo, hi = int(labels.min()), int(labels.max())
             if lo < 0 or hi >= n_out:
                 raise ValueError(
                     f"{name}: labels must lie in 0..{n_out - 1} for {n_out} outputs, got labels "
