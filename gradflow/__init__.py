@@ -1,6 +1,6 @@
 """gradflow: exact, at-scale measurement of vanishing and exploding gradients in JAX."""
 
-from gradflow import data, io, losses, models, probes, spectra, theory
+from gradflow import data, diagnose, io, losses, models, probes, spectra, theory, train
 from gradflow import sweep as sweeps
 from gradflow.losses import LOSSES
 from gradflow.models import ACTIVATIONS, INITS, Model, lstm, mlp, rnn
@@ -26,6 +26,7 @@ __all__ = [
     "TimeGradNorms",
     "auto_chunk_size",
     "data",
+    "diagnose",
     "grid_sweep",
     "io",
     "jacobian_singular_values",
@@ -46,4 +47,5 @@ __all__ = [
     "sweeps",
     "theory",
     "time_grad_norms",
+    "train",
 ]
