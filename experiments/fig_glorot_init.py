@@ -28,7 +28,7 @@ import numpy as np
 import gradflow as gf
 from gradflow import io, plots, spectra
 
-CONFIG = dict(width=1000, hidden=5, n_images=256, svd_images=4, seeds=8)
+CONFIG = dict(width=1000, hidden=5, n_images=256, svd_images=2, seeds=4)  # 1000x1000 SVDs: slow on CPU
 SMOKE = dict(width=64, hidden=5, n_images=32, svd_images=2, seeds=2)
 INITS = {"standard": "glorot_standard", "normalized": "glorot_uniform"}
 PAPER_MEAN_SV = {"standard": 0.5, "normalized": 0.8}  # Sec. 4.2.2, "about"
