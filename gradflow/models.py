@@ -168,8 +168,9 @@ def init_dense(
     else:
         _check_init(init)
         raise AssertionError(init)
-    # The bias is broadcast over the batch in z = a W + b; drawn once, not once per example.
-    return {"w": w, "b": rng.once(b)}
+    # Drawn once: XLA would otherwise recompute the draw inside every consumer (b is broadcast
+    # over the batch in z = a W + b; w is read by two matmuls and a norm), see rng.once.
+    return {"w": rng.once(w), "b": rng.once(b)}
 
 
 class Model(NamedTuple):

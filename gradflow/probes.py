@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from gradflow.losses import check_targets, get_loss
 from gradflow.models import MLPConfig, Model, RNNConfig, check_inputs, mlp_forward
@@ -86,8 +87,24 @@ def validate(model: Model, x, y, loss: str) -> None:
     check_targets(loss, out_shape, y)
 
 
-def _safe_norm(v: jax.Array, axis=None) -> jax.Array:
-    return jnp.sqrt(jnp.sum(jnp.square(v), axis=axis))
+def _row_sums(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """Sums over the last axis of equal-shape arrays, all in one pass.
+
+    One variadic reduction, on purpose: XLA:CPU rewrites a single-operand sum over 32 or more
+    elements as a tree of partial sums over a materialised copy of its input (for accuracy), and
+    those copies made the statistics below cost as much as the backward pass (bench/run.py).
+    Variadic reductions are left alone, so the squares and comparisons fuse into one read of
+    each array. A row is one layer's width, so accuracy is that of a plain sum of n_l terms.
+    """
+    operands = arrays if len(arrays) > 1 else (*arrays, jnp.ones_like(arrays[0]))
+    init = tuple(jnp.zeros((), a.dtype) for a in operands)
+    add = lambda xs, ys: tuple(x + y for x, y in zip(xs, ys, strict=True))  # noqa: E731
+    return tuple(lax.reduce(operands, init, add, (operands[0].ndim - 1,)))[: len(arrays)]
+
+
+def _totals(rows: list[jax.Array]) -> jax.Array:
+    """``[r.sum() for r in rows]`` for 1-d arrays of one length, as one small reduction."""
+    return jnp.sum(jnp.stack(rows), axis=-1)
 
 
 def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
@@ -125,23 +142,26 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
     (value, inputs), (g_params, g_z) = jax.value_and_grad(batch_loss, argnums=(0, 1), has_aux=True)(
         params, zeros
     )
-    per_example = [batch * g for g in g_z]  # dC_x/dz^l_x, (batch, n_l)
-    delta_sq = [jnp.sum(jnp.square(d), axis=-1) for d in per_example]  # (batch,)
-    weights = jnp.stack([_safe_norm(g["w"]) for g in g_params])
-    weight_norms = jnp.stack([_safe_norm(p["w"]) for p in params])
+    # Every statistic is a sum of squares (or a count): per-example (or per-row) sums first,
+    # then one small reduction per layer, see _row_sums.
+    per_example, weight_sq = [], []
+    for a, g, p, gp in zip(inputs, g_z, params, g_params, strict=True):
+        d = batch * g  # dC_x/dz^l_x, (batch, n_l)
+        d_sq, n_zero = _row_sums(jnp.square(d), (d == 0).astype(d.dtype))  # (batch,)
+        (a_sq,) = _row_sums(jnp.square(a))
+        per_example += [d_sq, a_sq * d_sq, n_zero]
+        weight_sq.append(_totals([*_row_sums(jnp.square(p["w"]), jnp.square(gp["w"]))]))
+    d_sq, wpe_sq, n_zero = jnp.reshape(_totals(per_example), (-1, 3)).T  # (L,) each
+    weight_norms, weights = jnp.sqrt(jnp.stack(weight_sq)).T
+    sizes = jnp.asarray([batch * n for n in config.widths[1:]], d_sq.dtype)
     return LayerGradNorms(
         weights=weights,
-        biases=jnp.stack([_safe_norm(g["b"]) for g in g_params]),
-        preacts=jnp.stack([jnp.sqrt(jnp.mean(d)) for d in delta_sq]),
-        weights_per_example=jnp.stack(
-            [
-                jnp.sqrt(jnp.mean(jnp.sum(jnp.square(a), axis=-1) * d))
-                for a, d in zip(inputs, delta_sq, strict=True)
-            ]
-        ),
+        biases=jnp.stack([jnp.sqrt(jnp.sum(jnp.square(g["b"]))) for g in g_params]),
+        preacts=jnp.sqrt(d_sq / batch),
+        weights_per_example=jnp.sqrt(wpe_sq / batch),
         weight_norms=weight_norms,
         update_ratio=weights / weight_norms,
-        zero_fraction=jnp.stack([jnp.mean((d == 0).astype(d.dtype)) for d in per_example]),
+        zero_fraction=n_zero / sizes,
         loss=jnp.full((len(params),), value),
     )
 

@@ -122,13 +122,36 @@ def _normal(key, shape):
 
 
 def once(x: jax.Array) -> jax.Array:
-    """``x`` itself, computed once: a boundary XLA does not fuse through.
+    """``x`` itself, bit for bit, computed once: a boundary XLA does not fuse through.
 
     XLA:CPU fuses a cheap elementwise chain into each consumer, and through a broadcast it
     recomputes the chain for every element it is broadcast to: under ``vmap(init -> probe)`` a
-    bias ``b`` in ``z = a W + b`` was redrawn once per example, which made a 1,000-example sweep
-    1.4x slower (bench/run.py). ``jax.lax.optimization_barrier`` does not prevent it (XLA removes
-    barriers before fusion); a reduction is never duplicated into its consumers, and
-    ``max(x, -inf) == x`` exactly, NaN and -0.0 included. Meant for small arrays (biases).
+    bias ``b`` in ``z = a W + b`` was redrawn once per example (a 1,000-example sweep ran 1.4x
+    slower), and a weight matrix read by two matmuls and a norm was drawn up to three times
+    (a depth-50 sweep ran 1.3x slower; bench/run.py). ``jax.lax.optimization_barrier`` does not
+    prevent it (XLA removes barriers before fusion); a reduction is never duplicated into its
+    consumers. So ``x`` is reduced with a sentinel s (-inf, or the integer minimum) under
+    "the first operand that is not s": exact for every value, NaN and -0.0 included, in any
+    order XLA combines them. A custom combiner keeps it one native XLA loop that writes ``x``
+    once (a plain float max would go to a library kernel that first copies both operands).
     """
-    return jnp.max(jnp.stack([x, jnp.full_like(x, -jnp.inf)]), axis=0)
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        sentinel = -math.inf
+    elif jnp.issubdtype(x.dtype, jnp.integer):
+        sentinel = int(jnp.iinfo(x.dtype).min)
+    else:
+        return x  # bool and complex arrays are returned as they are
+    return _once(x, sentinel)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _once(x, sentinel):
+    sentinel = np.array(sentinel, x.dtype)
+    first = lambda a, b: jnp.where(a == sentinel, b, a)  # noqa: E731
+    return lax.reduce(jnp.stack([x, jnp.full_like(x, sentinel)]), sentinel, first, (0,))
+
+
+@_once.defjvp
+def _once_jvp(sentinel, primals, tangents):  # the identity's derivative
+    return _once(primals[0], sentinel), tangents[0]
