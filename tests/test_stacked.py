@@ -1,0 +1,87 @@
+"""Tests for gradflow.stacked: the stacked MLP is the toolkit's MLP (same draws, same outputs),
+its renormalised backward pass is autodiff, and the Jacobian log moments are those of the
+spectrum, at any depth."""
+
+import jax
+import numpy as np
+import pytest
+
+from gradflow import layer_grad_norms, mlp, spectra, stacked
+
+
+def test_stacked_mlp_is_the_toolkit_mlp_and_its_backprop_is_autodiff():
+    # Seed identity: layer l of stacked_mlp's init is layer l of gradflow.mlp's, bit for bit.
+    sigmas = dict(sigma_w2=1.7, sigma_b2=0.2)
+    model = mlp([12] * 6, "tanh", "gaussian", **sigmas)
+    net = stacked.stacked_mlp(5, 12, "tanh")
+    key = jax.random.key(11)
+    params, sparams = jax.jit(model.init)(key), jax.jit(lambda k: net.init(k, **sigmas))(key)
+    for l, layer in enumerate(params):
+        np.testing.assert_array_equal(sparams["w"][l], layer["w"])
+        np.testing.assert_array_equal(sparams["b"][l], layer["b"])
+    x = jax.random.normal(jax.random.key(1), (3, 12))
+    y = jax.random.normal(jax.random.key(2), (3, 12))
+    np.testing.assert_allclose(net.apply(sparams, x), model.apply(params, x), rtol=1e-5)
+    # The renormalised backward pass equals jax.grad: the toolkit's MSE probe, and the linear
+    # readout by autodiff of <f(x), v> through the stacked forward.
+    mse = stacked.stacked_log_grad_sq(net, sparams, x, y, "mse")
+    expected = np.log(layer_grad_norms(model, params, x, y, loss="mse").preacts ** 2)
+    np.testing.assert_allclose(mse, expected, rtol=1e-5, atol=1e-5)
+    zeros = np.zeros((5, 3, 12), np.float32)
+    grads = jax.grad(lambda p: (net.forward(sparams, x, p)[0] * y).sum())(zeros)
+    linear = stacked.stacked_log_grad_sq(net, sparams, x, y, "linear")
+    np.testing.assert_allclose(linear, np.log(np.mean(np.sum(grads**2, -1), -1)), atol=1e-5)
+
+
+def test_jacobian_log_moments_equal_spectra():
+    # Unequal input/output widths (k = min(n_0, n_L) = 4), relu hidden layers, sigmoid output.
+    model = mlp([6, 10, 10, 10, 4], "relu", "gaussian", sigma_w2=1.8, sigma_b2=0.1,
+                output_activation="sigmoid")  # fmt: skip
+    params = jax.jit(model.init)(jax.random.key(3))
+    x = jax.random.normal(jax.random.key(4), (3, 6))
+    log_m1, log_m2 = stacked.jacobian_log_moments(model, params, x)
+    # "dense" (product, then SVD) is exact up to rounding at this depth and compiles quickly.
+    sv = spectra.jacobian_singular_values(model, params, x, log=True, method="dense")
+    s = spectra.spectrum_summary(sv, log=True)
+    # float32: a few ulps per layer of rounding in both; 1e-5 in the log is ~100 ulps.
+    np.testing.assert_allclose(log_m1, s.mean_sq, atol=1e-5)
+    rel_var = np.exp(s.var_sq - 2 * s.mean_sq)
+    np.testing.assert_allclose(np.exp(log_m2 - 2 * log_m1) - 1, rel_var, rtol=1e-4)
+
+
+def test_jacobian_log_moments_of_one_linear_layer():
+    model = mlp([5, 8], "erf", "gaussian", sigma_w2=1.8)  # L = 1: the linear output layer only
+    params = jax.jit(model.init)(jax.random.key(3))
+    log_m1, log_m2 = stacked.jacobian_log_moments(model, params, np.ones((2, 5), np.float32))
+    w = np.asarray(params[0]["w"], np.float64)  # J = W^T, k = 5
+    np.testing.assert_allclose(log_m1, np.log(np.sum(w**2) / 5), rtol=1e-6)
+    np.testing.assert_allclose(log_m2, np.log(np.sum((w @ w.T) ** 2) / 5), rtol=1e-6)
+
+
+def test_jacobian_log_moments_stay_finite_beyond_float32():
+    # Linear, sigma_w2 = 3: m1 ~ 3^400 = e^439, far beyond float32 (e^88), and m2 ~ e^878
+    # beyond float64 (e^709); the product is renormalised every layer. Reference: the plain
+    # float64 product (J = W^1 ... W^L does not depend on x), normalised once at the end.
+    model = stacked.stacked_mlp(400, 16, "linear")  # stacked: one vmapped draw, one scan
+    params = jax.jit(lambda k: model.init(k, sigma_w2=3.0))(jax.random.key(0))
+    log_m1, log_m2 = stacked.jacobian_log_moments(model, params, np.zeros((1, 16), np.float32))
+    assert np.isfinite(log_m2).all() and log_m1[0] > 300 and log_m2[0] > 709
+    prod = np.eye(16)
+    for w in np.asarray(params["w"], np.float64):
+        prod = prod @ w
+    log_norm2 = np.log(np.sum(prod**2))
+    unit = prod / np.sqrt(np.sum(prod**2))
+    # float32: ~1e-7 relative rounding per layer, 400 layers: ~1e-4 in the log.
+    np.testing.assert_allclose(log_m1, log_norm2 - np.log(16), atol=2e-3)
+    np.testing.assert_allclose(
+        log_m2, 2 * log_norm2 + np.log(np.sum((unit.T @ unit) ** 2)) - np.log(16), atol=4e-3
+    )
+
+
+def test_bad_input_names_the_problem():
+    with pytest.raises(ValueError, match="equal hidden widths"):
+        stacked.jacobian_log_moments(mlp([4, 6, 8, 2], "tanh"), [], np.ones((1, 4)))
+    with pytest.raises(ValueError, match="non-residual"):
+        stacked.jacobian_log_moments(mlp([4, 4, 4], "tanh", residual=True), [], np.ones((1, 4)))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 8\)"):
+        stacked.jacobian_log_moments(stacked.stacked_mlp(3, 8), {}, np.ones((1, 4)))
