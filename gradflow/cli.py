@@ -1,4 +1,4 @@
-"""The ``gradflow`` command line: ``gradflow sweep ...`` and ``gradflow demo``.
+"""The ``gradflow`` command line: ``gradflow sweep``, ``gradflow theory`` and ``gradflow demo``.
 
 Bad input is a one-line error naming the problem and the fix, exit code 2, no traceback.
 """
@@ -6,6 +6,7 @@ Bad input is a one-line error naming the problem and the fix, exit code 2, no tr
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import sys
 
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "re-running the same command resumes",
     )
 
+    _add_theory_parser(sub)
+
     p = sub.add_parser("demo", help="the vanishing-gradient story on real MNIST digits")
     p.add_argument("--seeds", type=int, default=128, help="seeds per network (default 128)")
     p.add_argument("--batch", type=int, default=1000, help="MNIST digits in the batch")
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sweep":
             return cmd_sweep(args)
+        if args.command == "theory":
+            return cmd_theory(args)
         if args.command == "demo":
             from gradflow.demo import run_demo
 
@@ -242,6 +247,112 @@ def format_layer_table(norms) -> str:
             f"{bad:>10}"
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# gradflow theory
+
+
+def _add_theory_parser(sub) -> None:
+    p = sub.add_parser(
+        "theory",
+        help="mean-field predictions next to measurements over many seeds: per-layer gradient "
+        "growth, Jacobian moments, depth scales, phase",
+        description="Measure an MLP of [width] * (depth + 1) units, init gaussian(sigma_w2, "
+        "sigma_b2), linear output, Gaussian inputs on the q* shell, and print the mean-field "
+        "predictions (q*, chi1, depth scales, critical sigma_w2) next to the measured per-layer "
+        "gradient growth and input-output Jacobian moments, with standard errors and a verdict.",
+    )
+    p.add_argument("--activation", default="tanh", help="hidden nonlinearity (default tanh)")
+    p.add_argument("--sigma-w2", type=float, default=1.5, help="weight variance (default 1.5)")
+    p.add_argument("--sigma-b2", type=float, default=0.05, help="bias variance (default 0.05)")
+    p.add_argument("--depth", type=int, default=50, help="weight layers L (default 50)")
+    p.add_argument("--width", type=int, default=512, help="units per layer (default 512)")
+    p.add_argument("--seeds", type=int, default=256, help="networks measured (default 256)")
+    p.add_argument("--batch", type=int, default=8, help="Gaussian inputs per network (default 8)")
+    p.add_argument(
+        "--jacobian-seeds",
+        type=int,
+        default=None,
+        help="seeds that also give exact Jacobian moments, 1 input each (default min(32, seeds); "
+        "0 skips them)",
+    )
+    p.add_argument(
+        "--readout",
+        default="linear",
+        choices=("linear", "mse"),
+        help="linear: C = <f(x), v> with v ~ N(0, I), a generic backward signal (default); mse: "
+        "0.5 ||f(x) - y||^2 with Gaussian targets, as 'gradflow sweep --loss mse' (its last 3 "
+        "layers are not fitted)",
+    )
+    p.add_argument(
+        "--q1", type=float, default=None, help="first-layer pre-activation variance (default q*)"
+    )
+    p.add_argument(
+        "--chunk-size", default=None, help="seeds per compiled call, or 'auto' (default ~256 MiB)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", default=None, help="folder for results.npz and config.json")
+    p.add_argument(
+        "--phase-diagram",
+        default=None,
+        metavar="PATH",
+        help="also save the (sigma_w2, sigma_b2) phase diagram with a few measured points "
+        "(depth <= 20, width <= 256, 32 seeds each) to PATH (.png or .pdf)",
+    )
+
+
+def cmd_theory(args) -> int:
+    import time
+
+    from gradflow import meanfield
+
+    start = time.perf_counter()
+    c = meanfield.compare(
+        args.activation, args.sigma_w2, args.sigma_b2, args.depth, args.width, args.seeds,
+        batch=args.batch, jacobian_seeds=args.jacobian_seeds, readout=args.readout, q1=args.q1,
+        chunk_size=_chunk_size(args.chunk_size), quiet=args.quiet,
+    )  # fmt: skip
+    print(meanfield.format_comparison(c))
+    print(f"({time.perf_counter() - start:.0f} s)")
+    if args.out:
+        arrays = {k: v for k, v in c._asdict().items() if isinstance(v, np.ndarray)}
+        scalars = {k: v for k, v in c._asdict().items() if k not in arrays}
+        out = save_run(args.out, arrays, {"command": "theory", **vars(args), "result": scalars})
+        print(f"wrote {out / 'results.npz'} and {out / 'config.json'}")
+    if args.phase_diagram:
+        path = _phase_diagram(args, c)
+        print(f"wrote {path}")
+    return 0
+
+
+def _phase_diagram(args, c) -> pathlib.Path:
+    """Theory on a grid around the measured point, plus a few small measured points."""
+    from gradflow import meanfield, plots, theory
+
+    sb_max = max(0.5, 1.25 * args.sigma_b2)
+    sw_max = max(4.0, 1.1 * args.sigma_w2)
+    sigma_w2s, sigma_b2s = np.linspace(0.75, sw_max, 36), np.linspace(0.0, sb_max, 26)
+    points = []
+    for sb in sorted({args.sigma_b2, 0.4 * sb_max}):
+        try:
+            crit = theory.critical_sigma_w2(args.activation, sb)
+        except ValueError:  # no order-to-chaos line here: measure across the plane instead
+            crit = 0.5 * (1.0 + sw_max)
+        for sw in (1.0, crit, 0.5 * (crit + sw_max), 0.9 * sw_max):
+            if math.isfinite(sw) and sb < theory.q_star(args.activation, sw, sb) < math.inf:
+                points.append((sw, sb))  # compare needs inputs of nonzero, finite length
+    data = meanfield.phase_diagram_data(
+        args.activation, sigma_w2s, sigma_b2s, points, measured=(c,),
+        depth=min(args.depth, 20), width=min(args.width, 256), seeds=min(args.seeds, 32),
+        batch=min(args.batch, 4), chunk_size=_chunk_size(args.chunk_size), quiet=args.quiet,
+    )  # fmt: skip
+    fig = plots.phase_diagram(
+        data.sigma_w2s, data.sigma_b2s, data.chi1, critical=(data.critical_b2, data.critical_w2),
+        points=(data.points_w2, data.points_b2, data.points_rate), activation=args.activation,
+        title=f"{args.activation}: chi1 (colour) and measured gradient growth per layer (points)",
+    )  # fmt: skip
+    return plots.save(fig, args.phase_diagram)
 
 
 def save_run(out_dir, arrays: dict, config: dict) -> pathlib.Path:
