@@ -1,6 +1,27 @@
 """gradflow: exact, at-scale measurement of vanishing and exploding gradients in JAX."""
 
-from gradflow import data, diagnose, io, losses, models, probes, spectra, theory, train
+import os
+
+# jax's CPU LAPACK calls (QR, SVD, eigh: orthogonal init, spectra) go to scipy's OpenBLAS, which
+# by default starts one thread per core and spins them against XLA's own thread pool: measured
+# 12-18x slower QR/SVD on 2 cores (bench/README.md). Single-threaded LAPACK per call is what a
+# vmapped/scanned factorisation wants. Only a default: set OPENBLAS_NUM_THREADS to override. It
+# takes effect when gradflow is imported before jax/scipy load OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from gradflow import (
+    data,
+    diagnose,
+    io,
+    losses,
+    meanfield,
+    models,
+    probes,
+    spectra,
+    stacked,
+    theory,
+    train,
+)
 from gradflow import sweep as sweeps
 from gradflow.losses import LOSSES
 from gradflow.models import ACTIVATIONS, INITS, Model, lstm, mlp, rnn
@@ -34,6 +55,7 @@ __all__ = [
     "layer_grad_norms",
     "losses",
     "lstm",
+    "meanfield",
     "mlp",
     "models",
     "preact_grads",
@@ -41,6 +63,8 @@ __all__ = [
     "rnn",
     "seed_keys",
     "spectra",
+    "stacked",
+    "stacked",
     "spectrum_summary",
     "summarize",
     "sweep",
