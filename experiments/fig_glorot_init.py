@@ -28,7 +28,8 @@ import numpy as np
 import gradflow as gf
 from gradflow import io, plots, spectra
 
-CONFIG = dict(width=1000, hidden=5, n_images=256, svd_images=2, seeds=4)  # 1000x1000 SVDs: slow on CPU
+# 1000 x 1000 SVDs per layer, example and seed: kept small so `make figures` stays minutes on CPU.
+CONFIG = dict(width=1000, hidden=5, n_images=256, svd_images=2, seeds=4)
 SMOKE = dict(width=64, hidden=5, n_images=32, svd_images=2, seeds=2)
 INITS = {"standard": "glorot_standard", "normalized": "glorot_uniform"}
 PAPER_MEAN_SV = {"standard": 0.5, "normalized": 0.8}  # Sec. 4.2.2, "about"
