@@ -138,7 +138,7 @@ def init_dense(
     Draws are ``jax.random.normal``/``uniform``'s, bit for bit (via :mod:`gradflow.rng`, which
     computes them about twice as fast on CPU).
     """
-    kw, kb = jax.random.split(key)
+    kw, kb = rng.split(key)
     if init == "nielsen":
         w = rng.normal(kw, (n_in, n_out), dtype) / math.sqrt(n_in)
         b = rng.normal(kb, (n_out,), dtype)
@@ -290,7 +290,7 @@ def mlp_from_config(config: MLPConfig) -> Model:
         _check_override(config.init, sigma_w2, sigma_b2)
         sw2 = config.sigma_w2 if sigma_w2 is None else sigma_w2
         sb2 = config.sigma_b2 if sigma_b2 is None else sigma_b2
-        keys = jax.random.split(key, n_layers)
+        keys = rng.split(key, n_layers)
         return [
             init_dense(keys[l], widths[l], widths[l + 1], config.init, sw2, sb2)
             for l in range(n_layers)
@@ -452,9 +452,9 @@ def recurrent_from_config(config: RNNConfig) -> Model:
         _check_override(config.recurrent_init, sigma_w2, sigma_b2)
         sw2 = config.sigma_w2 if sigma_w2 is None else sigma_w2
         sb2 = config.sigma_b2 if sigma_b2 is None else sigma_b2
-        k_in, k_rec, k_out = jax.random.split(key, 3)
+        k_in, k_rec, k_out = rng.split(key, 3)
         inp = init_dense(k_in, config.n_in, n_gates * n_h, config.init)
-        rec_keys = jax.random.split(k_rec, n_gates)
+        rec_keys = rng.split(k_rec, n_gates)
         recs = [init_dense(k, n_h, n_h, config.recurrent_init, sw2, sb2) for k in rec_keys]
         b = inp["b"] + jnp.concatenate([r["b"] for r in recs])
         if config.cell == "lstm":
