@@ -129,48 +129,61 @@ def orthogonal(key: jax.Array, n_in: int, n_out: int, dtype=jnp.float32) -> jax.
 
 
 def init_dense(
-    key: jax.Array, n_in: int, n_out: int, init: str, sigma_w2=1.0, sigma_b2=0.0, dtype=jnp.float32
+    key: jax.Array,
+    n_in: int,
+    n_out: int,
+    init: str,
+    sigma_w2=1.0,
+    sigma_b2=0.0,
+    dtype=jnp.float32,
+    *,
+    transposed: bool = False,
 ) -> dict[str, jax.Array]:
     """Draw one dense layer ``{"w": (n_in, n_out), "b": (n_out,)}`` with the named init.
 
     ``sigma_w2`` and ``sigma_b2`` are used by ``gaussian`` and ``orthogonal`` only; they may be
     traced arrays, so a grid of them is one compiled function (no recompilation per value).
     Draws are ``jax.random.normal``/``uniform``'s, bit for bit (via :mod:`gradflow.rng`, which
-    computes them about twice as fast on CPU).
+    computes them about twice as fast on CPU). ``transposed=True`` draws the same W in the
+    memory order of W^T, the order a feature-major forward pass reads (see ``mlp_forward``),
+    so XLA need not copy it.
     """
     kw, kb = rng.split(key)
+    shape = (n_in, n_out)  # w below is W, or W^T if transposed: the same numbers either way
+    normal = lambda: rng.normal(kw, shape, dtype, transpose=transposed)  # noqa: E731
+    uniform = lambda lim: rng.uniform(kw, shape, dtype, -lim, lim, transpose=transposed)  # noqa: E731
     if init == "nielsen":
-        w = rng.normal(kw, (n_in, n_out), dtype) / math.sqrt(n_in)
+        w = normal() / math.sqrt(n_in)
         b = rng.normal(kb, (n_out,), dtype)
     elif init == "standard_normal":
-        w = rng.normal(kw, (n_in, n_out), dtype)
+        w = normal()
         b = rng.normal(kb, (n_out,), dtype)
     elif init == "glorot_uniform":
-        limit = math.sqrt(6.0 / (n_in + n_out))
-        w = rng.uniform(kw, (n_in, n_out), dtype, -limit, limit)
+        w = uniform(math.sqrt(6.0 / (n_in + n_out)))
         b = jnp.zeros((n_out,), dtype)
     elif init == "glorot_standard":
-        limit = 1.0 / math.sqrt(n_in)
-        w = rng.uniform(kw, (n_in, n_out), dtype, -limit, limit)
+        w = uniform(1.0 / math.sqrt(n_in))
         b = jnp.zeros((n_out,), dtype)
     elif init == "lecun":
-        w = rng.normal(kw, (n_in, n_out), dtype) / math.sqrt(n_in)
+        w = normal() / math.sqrt(n_in)
         b = jnp.zeros((n_out,), dtype)
     elif init == "he":
-        w = rng.normal(kw, (n_in, n_out), dtype) * math.sqrt(2.0 / n_in)
+        w = normal() * math.sqrt(2.0 / n_in)
         b = jnp.zeros((n_out,), dtype)
     elif init == "gaussian":
-        w = rng.normal(kw, (n_in, n_out), dtype) * jnp.sqrt(sigma_w2 / n_in).astype(dtype)
+        w = normal() * jnp.sqrt(sigma_w2 / n_in).astype(dtype)
         b = rng.normal(kb, (n_out,), dtype) * jnp.sqrt(sigma_b2).astype(dtype)
     elif init == "orthogonal":
         w = orthogonal(kw, n_in, n_out, dtype) * jnp.sqrt(sigma_w2).astype(dtype)
+        w = w.T if transposed else w
         b = rng.normal(kb, (n_out,), dtype) * jnp.sqrt(sigma_b2).astype(dtype)
     else:
         _check_init(init)
         raise AssertionError(init)
     # Drawn once: XLA would otherwise recompute the draw inside every consumer (b is broadcast
     # over the batch in z = a W + b; w is read by two matmuls and a norm), see rng.once.
-    return {"w": rng.once(w), "b": rng.once(b)}
+    w = rng.once(w)
+    return {"w": w.T if transposed else w, "b": rng.once(b)}
 
 
 class Model(NamedTuple):
@@ -291,8 +304,11 @@ def mlp_from_config(config: MLPConfig) -> Model:
         sw2 = config.sigma_w2 if sigma_w2 is None else sigma_w2
         sb2 = config.sigma_b2 if sigma_b2 is None else sigma_b2
         keys = rng.split(key, n_layers)
+        transposed = _feature_major(widths)
         return [
-            init_dense(keys[l], widths[l], widths[l + 1], config.init, sw2, sb2)
+            init_dense(
+                keys[l], widths[l], widths[l + 1], config.init, sw2, sb2, transposed=transposed
+            )
             for l in range(n_layers)
         ]
 
@@ -322,21 +338,42 @@ def mlp_forward(config: MLPConfig, params, x, perturb=None):
     phi_out = ACTIVATIONS[config.output_activation or "linear"]
     widths = config.widths
     n_layers = len(params)
-    a = x
+    feature_major = _feature_major(widths)  # the same sums either way, in another memory order
+    flip = (lambda v: v.T) if feature_major else (lambda v: v)  # noqa: E731
+    a = flip(x)
     zs, inputs = [], []
     for l, layer in enumerate(params):
-        inputs.append(a)
-        z = a @ layer["w"] + layer["b"][None, :]  # explicit: tests raise on rank promotion
+        inputs.append(flip(a))
+        if feature_major:  # z^T = W^T a^T: (n_l, n_{l-1}) @ (n_{l-1}, batch)
+            z = layer["w"].T @ a + layer["b"][:, None]
+        else:  # z = a W, bias axes explicit: tests raise on rank promotion
+            z = a @ layer["w"] + layer["b"][None, :]
         if perturb is not None:
-            z = z + perturb[l]
-        zs.append(z)
+            z = z + flip(perturb[l])
+        zs.append(flip(z))
         if l == n_layers - 1:
             a = phi_out(z)
         elif config.residual and widths[l] == widths[l + 1]:
             a = a + phi(z)
         else:
             a = phi(z)
-    return a, zs, inputs
+    return flip(a), zs, inputs
+
+
+def _feature_major(widths) -> bool:
+    """Whether :func:`mlp_forward` keeps activations as (n, batch): when the first layer holds
+    at least half the weights.
+
+    Why: in a seed sweep the input is shared, so the first layer of a whole chunk is one matmul
+    of x against the seeds' stacked W^T (drawn in that order, see init_dense). Feature-major,
+    its output and the backward pass's dC/dz^1 are already in the order the per-seed layers
+    read; row-major, XLA copies both through a transpose on every chunk (a Nielsen-scale sweep
+    ran ~1.3x faster without the copies; bench/README.md). When the hidden layers hold the
+    weights, row-major's batched matmuls are the faster forms on XLA:CPU (a depth-50 sweep ran
+    ~5% slower feature-major).
+    """
+    hidden = sum(a * b for a, b in zip(widths[1:-1], widths[2:], strict=True))
+    return widths[0] * widths[1] >= hidden
 
 
 # --------------------------------------------------------------------------------------------

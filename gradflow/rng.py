@@ -58,66 +58,86 @@ def _key_words(key):
     return data[0], data[1]
 
 
-def _bits(words, shape):
-    """32 random bits per element, as ``jax.random.bits`` draws them (partitionable mode)."""
+def _bits(words, shape, transpose=False):
+    """32 random bits per element, as ``jax.random.bits`` draws them (partitionable mode); with
+    ``transpose`` the same bits for a 2-d ``shape``, transposed."""
     k1, k2 = words
-    counts = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    if transpose:  # element (j, i) of the result is element (i, j) of the draw
+        shape = shape[::-1]
+        rows = lax.broadcasted_iota(jnp.uint32, shape, 1) * np.uint32(shape[0])
+        counts = rows + lax.broadcasted_iota(jnp.uint32, shape, 0)
+    else:
+        counts = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
     # The count is a 64-bit index split into (high, low) words; the high word is 0 here.
     b1, b2 = _threefry2x32(k1, k2, jnp.zeros(shape, jnp.uint32), counts)
     return b1 ^ b2
 
 
-def _fast(key, shape, dtype):
+def _fast(key, shape, dtype, transpose=False):
     if dtype is None:  # jax.random's default: float32, or float64 under jax_enable_x64
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     shape = tuple(int(d) for d in shape)
+    if transpose and len(shape) != 2:
+        raise ValueError(f"transpose=True needs a 2-d shape, got {shape}")
     n = math.prod(shape)
     if jnp.dtype(dtype) != jnp.float32 or not 0 < n < 2**32:
         return None
     return _key_words(key)
 
 
-def _uniform_from(words, shape, minval, maxval):
+def _uniform_from(words, shape, minval, maxval, transpose=False):
     # jax.random.uniform's mapping: 23 random mantissa bits give a float in [1, 2), minus 1.
     # Callers jit it as jax does, so multiply-add rounds the same way even when called eagerly.
-    bits = _bits(words, shape)
+    bits = _bits(words, shape, transpose)
     one = np.array(1.0, np.float32)
     floats = lax.bitcast_convert_type((bits >> np.uint32(9)) | one.view(np.uint32), jnp.float32)
     floats = floats - one
-    minval = np.float32(minval)
-    maxval = np.float32(maxval)
+    minval = jnp.asarray(minval, jnp.float32)
+    maxval = jnp.asarray(maxval, jnp.float32)
     return lax.max(minval, floats * (maxval - minval) + minval)
 
 
-def uniform(key: jax.Array, shape, dtype=None, minval=0.0, maxval=1.0) -> jax.Array:
+def uniform(
+    key: jax.Array, shape, dtype=None, minval=0.0, maxval=1.0, *, transpose: bool = False
+) -> jax.Array:
     """``jax.random.uniform(key, shape, dtype, minval, maxval)``, bit for bit, fused.
 
-    ``minval`` and ``maxval`` are Python floats here (static), as every init uses them.
+    ``minval`` and ``maxval`` are scalars.
+    ``transpose=True`` returns the same draw transposed (2-d ``shape``), see :func:`normal`.
     """
-    if _fast(key, shape, dtype) is None:
-        return jax.random.uniform(key, shape, dtype, minval, maxval)
-    return _uniform(key, tuple(int(d) for d in shape), float(minval), float(maxval))
+    if _fast(key, shape, dtype, transpose) is None:
+        out = jax.random.uniform(key, shape, dtype, minval, maxval)
+        return out.T if transpose else out
+    shape = tuple(int(d) for d in shape)
+    # Bounds as runtime operands, as in jax.random.uniform: constant bounds let XLA fold
+    # (u - 1) * (maxval - minval) + minval differently, 1 ulp off for asymmetric ranges.
+    minval, maxval = np.float32(minval), np.float32(maxval)
+    return _uniform(key, shape, minval, maxval, bool(transpose))
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3))
-def _uniform(key, shape, minval, maxval):
-    return _uniform_from(_key_words(key), shape, minval, maxval)
+@partial(jax.jit, static_argnums=(1, 4))
+def _uniform(key, shape, minval, maxval, transpose):
+    return _uniform_from(_key_words(key), shape, minval, maxval, transpose)
 
 
-def normal(key: jax.Array, shape, dtype=None) -> jax.Array:
+def normal(key: jax.Array, shape, dtype=None, *, transpose: bool = False) -> jax.Array:
     """``jax.random.normal(key, shape, dtype)``, bit for bit, fused.
 
-    Same construction as jax: u uniform on (-1, 1), then ``sqrt(2) * erf_inv(u)``.
+    Same construction as jax: u uniform on (-1, 1), then ``sqrt(2) * erf_inv(u)``. With
+    ``transpose=True`` (a 2-d ``shape``) it returns ``normal(key, shape).T``, computed in that
+    order: a weight matrix drawn as W^T is already in the layout a matmul over a batch of seeds
+    reads (bench/README.md), so XLA need not copy it.
     """
-    if _fast(key, shape, dtype) is None:
-        return jax.random.normal(key, shape, dtype)
-    return _normal(key, tuple(int(d) for d in shape))
+    if _fast(key, shape, dtype, transpose) is None:
+        out = jax.random.normal(key, shape, dtype)
+        return out.T if transpose else out
+    return _normal(key, tuple(int(d) for d in shape), bool(transpose))
 
 
-@partial(jax.jit, static_argnums=1)
-def _normal(key, shape):
+@partial(jax.jit, static_argnums=(1, 2))
+def _normal(key, shape, transpose):
     lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
-    u = _uniform_from(_key_words(key), shape, lo, 1.0)
+    u = _uniform_from(_key_words(key), shape, lo, 1.0, transpose)
     return np.float32(np.sqrt(2)) * lax.erf_inv(u)
 
 

@@ -1,0 +1,88 @@
+"""gradflow.rng draws equal jax.random's bit for bit (the reference), eagerly, jitted and vmapped.
+
+Tolerance: none. The module's promise is identical numbers (seed identity with plain jax.random
+code), so every comparison is exact equality.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradflow
+from gradflow import models, rng
+
+SHAPES = [(1,), (7,), (30,), (784, 30), (5, 3), (256, 256), (2, 3, 4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_normal_and_uniform_equal_jax_random(shape):
+    key = jax.random.key(123)
+    np.testing.assert_array_equal(rng.normal(key, shape), jax.random.normal(key, shape))
+    np.testing.assert_array_equal(
+        rng.uniform(key, shape, jnp.float32, -0.3, 0.7),
+        jax.random.uniform(key, shape, jnp.float32, -0.3, 0.7),
+    )
+    # Inside a jit, constant bounds are folded the same way for both.
+    draw = jax.jit(lambda k: rng.uniform(k, shape, jnp.float32, -0.3, 0.7))
+    reference = jax.jit(lambda k: jax.random.uniform(k, shape, jnp.float32, -0.3, 0.7))
+    np.testing.assert_array_equal(draw(key), reference(key))
+
+
+@pytest.mark.parametrize("shape", [(784, 30), (5, 3), (1, 9), (64, 64)])
+def test_transposed_draws_are_the_draw_transposed(shape):
+    key = jax.random.key(7)
+    np.testing.assert_array_equal(
+        rng.normal(key, shape, transpose=True), jax.random.normal(key, shape).T
+    )
+    np.testing.assert_array_equal(
+        rng.uniform(key, shape, jnp.float32, -2.0, 2.0, transpose=True),
+        jax.random.uniform(key, shape, jnp.float32, -2.0, 2.0).T,
+    )
+
+
+def test_transpose_needs_a_matrix():
+    with pytest.raises(ValueError, match="2-d shape"):
+        rng.normal(jax.random.key(0), (3, 4, 5), transpose=True)
+
+
+@pytest.mark.parametrize("num", [2, 3, 51])
+def test_split_equals_jax_random_split(num):
+    key = jax.random.key(99)
+    np.testing.assert_array_equal(
+        jax.random.key_data(rng.split(key, num)), jax.random.key_data(jax.random.split(key, num))
+    )
+
+
+def test_vmapped_and_jitted_draws_equal_per_key_draws():
+    keys = gradflow.seed_keys(5)
+    ours = jax.jit(jax.vmap(lambda k: rng.normal(k, (30, 10), transpose=True)))(keys)
+    for i in range(5):
+        np.testing.assert_array_equal(ours[i], jax.random.normal(keys[i], (30, 10)).T)
+
+
+@pytest.mark.parametrize("init", ["nielsen", "glorot_uniform", "gaussian", "orthogonal"])
+def test_transposed_layer_draw_is_the_same_layer(init):
+    key = jax.random.key(3)
+    plain = models.init_dense(key, 20, 6, init, 1.5, 0.2)
+    flipped = models.init_dense(key, 20, 6, init, 1.5, 0.2, transposed=True)
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(plain[name], flipped[name])
+
+
+def test_feature_major_forward_equals_row_major(monkeypatch):
+    """The memory order mlp_forward picks changes no result beyond float32 summation order."""
+    widths = [40, 8, 8, 3]  # first layer dominates: feature-major by default
+    assert models._feature_major(widths)
+    x = jax.random.normal(jax.random.key(1), (6, 40))
+    y = jax.random.normal(jax.random.key(2), (6, 3))
+    model = gradflow.mlp(widths, "tanh", "lecun")
+    params = model.init(jax.random.key(0))
+    fm = gradflow.layer_grad_norms(model, params, x, y, loss="mse")
+    monkeypatch.setattr(models, "_feature_major", lambda widths: False)
+    model = gradflow.mlp(widths, "tanh", "lecun")
+    rm_params = model.init(jax.random.key(0))
+    jax.tree.map(np.testing.assert_array_equal, params, rm_params)
+    rm = gradflow.layer_grad_norms(model, rm_params, x, y, loss="mse")
+    for a, b in zip(jax.tree.leaves(fm), jax.tree.leaves(rm), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # float32 reassociation
