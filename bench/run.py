@@ -42,7 +42,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 SECTIONS = ("matmul", "a", "b", "memory", "devices", "spectra")
 
 FULL = dict(
-    matmul_n=2048, rounds=3,
+    matmul_n=2048, rounds=5,
     a_examples=1000, a_seeds=1000, a_chunk=32, a_loop=100,
     b_widths=[256] * 51, b_batch=128, b_seeds=64, b_chunk=32, b_loop=8,
     mem_seeds=(256, 4096), mem_chunk=256, dev_seeds=256,
@@ -70,10 +70,12 @@ def block(out):
 
 def interleaved(fns: dict, rounds: int) -> dict[str, float]:
     """Best wall time of each (already warmed-up) function, measured in interleaved rounds, so
-    that load from other processes falls on all contenders alike."""
+    that load from other processes falls on all contenders alike. A pause before each call lets
+    the previous contender's idle worker threads (XLA's, OpenMP's) stop spinning first."""
     best = {name: float("inf") for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(0.25)
             start = time.perf_counter()
             block(fn())
             best[name] = min(best[name], time.perf_counter() - start)
@@ -246,7 +248,10 @@ def _child(kind: str, quick: bool, env=None, **kw) -> dict:
 
 
 def child_main(args) -> None:
-    """Runs in a fresh process: workload A's sweep at ``--seeds``; prints one JSON line."""
+    """Runs in a fresh process: workload A's sweep at ``--seeds`` (or the LAPACK timing); prints
+    one JSON line."""
+    if args.child == "lapack":
+        return child_lapack(args)
     cfg = QUICK if args.quick else FULL
     ds = data.load("mnist")
     n = cfg["a_examples"]
@@ -277,6 +282,35 @@ def child_main(args) -> None:
         "devices": jax.device_count(),
         "weights": np.asarray(out.weights, np.float64).tolist(),
     }))  # fmt: skip
+
+
+def child_lapack(args) -> None:
+    """A scan of QR factorisations (the core of the stable spectrum), timed in this process."""
+    n = args.seeds
+    a = jax.random.normal(jax.random.key(0), (50, n, n), jnp.float32)
+    qrs = jax.jit(
+        lambda a: jax.lax.scan(lambda c, m: (c + jnp.linalg.qr(m)[1][0, 0], None), 0.0, a)
+    )
+    block(qrs(a))
+    start = time.perf_counter()
+    block(qrs(a))
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+def lapack_threads(cfg, quick) -> dict:
+    """gradflow defaults OPENBLAS_NUM_THREADS to 1 (gradflow/__init__.py); compare with 2."""
+    n = cfg["spec_width"]
+    runs = {}
+    for threads in ("1", str(os.cpu_count())):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
+        runs[threads] = _child("lapack", quick, env=env, seeds=n)["seconds"]
+    one, many = runs["1"], runs[str(os.cpu_count())]
+    print(
+        f"  LAPACK (jax's CPU QR goes to OpenBLAS): a scan of 50 QRs of {n}x{n} takes "
+        f"{one * 1e3:.0f} ms with OPENBLAS_NUM_THREADS=1 (gradflow's default), "
+        f"{many * 1e3:.0f} ms with {os.cpu_count()} threads ({many / one:.1f}x)"
+    )
+    return {"qr_scan_seconds": runs, "ratio": many / one, "size": n}
 
 
 def memory(cfg, quick) -> dict:
@@ -330,7 +364,7 @@ def jacfwd_svd(model, params, x):
     return jnp.log(jnp.linalg.svd(jac, compute_uv=False))
 
 
-def spectra(cfg) -> dict:
+def spectra(cfg, quick) -> dict:
     width, depth, n, chunk = (
         cfg["spec_width"],
         cfg["spec_depth"],
@@ -379,6 +413,7 @@ def spectra(cfg) -> dict:
         f"jacfwd+svd {record['smallest_log_sv']['jacfwd + svd']:.1f} (float32 rounding floor)"
     )
     record["deep"] = deep_spectrum(cfg, width)
+    record["openblas_threads"] = lapack_threads(cfg, quick)
     return record
 
 
@@ -449,7 +484,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"subset of {SECTIONS}")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch references")
     parser.add_argument("--out", default=str(HERE / "results.json"), help="results JSON path")
-    parser.add_argument("--child", choices=("memory", "devices"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("memory", "devices", "lapack"), help=argparse.SUPPRESS)
     parser.add_argument("--seeds", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -486,7 +521,7 @@ def main(argv=None) -> dict:
         "b": ("workload_b", lambda: workload_b(cfg, use_torch)),
         "memory": ("memory", lambda: memory(cfg, args.quick)),
         "devices": ("devices", lambda: devices(cfg, args.quick)),
-        "spectra": ("spectra", lambda: spectra(cfg)),
+        "spectra": ("spectra", lambda: spectra(cfg, args.quick)),
     }
     for name, (key, run) in sections.items():
         if name in only:
