@@ -274,10 +274,12 @@ def child_main(args) -> None:
         pathlib.Path("/proc/self/status").read_text() if os.path.exists("/proc/self/status") else ""
     )
     hwm = [int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM")]
+    # VmHWM, not getrusage: Linux carries ru_maxrss across exec, so a child started by a large
+    # parent reports the parent's size (we saw 3.9 GiB for both seed counts that way).
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({
         "seeds": args.seeds,
-        "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "vmhwm_bytes": hwm[0] if hwm else None,
+        "peak_rss_bytes": hwm[0] if hwm else maxrss,
         "seconds": seconds,
         "devices": jax.device_count(),
         "weights": np.asarray(out.weights, np.float64).tolist(),
@@ -285,12 +287,11 @@ def child_main(args) -> None:
 
 
 def child_lapack(args) -> None:
-    """A scan of QR factorisations (the core of the stable spectrum), timed in this process."""
+    """A vmapped scan of QR factorisations (the core of the stable spectrum under a sweep)."""
     n = args.seeds
-    a = jax.random.normal(jax.random.key(0), (50, n, n), jnp.float32)
-    qrs = jax.jit(
-        lambda a: jax.lax.scan(lambda c, m: (c + jnp.linalg.qr(m)[1][0, 0], None), 0.0, a)
-    )
+    a = jax.random.normal(jax.random.key(0), (4, 50, n, n), jnp.float32)
+    step = lambda c, m: (c + jnp.linalg.qr(m)[1][0, 0], None)  # noqa: E731
+    qrs = jax.jit(jax.vmap(lambda a: jax.lax.scan(step, 0.0, a)[0]))
     block(qrs(a))
     start = time.perf_counter()
     block(qrs(a))
@@ -298,19 +299,28 @@ def child_lapack(args) -> None:
 
 
 def lapack_threads(cfg, quick) -> dict:
-    """gradflow defaults OPENBLAS_NUM_THREADS to 1 (gradflow/__init__.py); compare with 2."""
-    n = cfg["spec_width"]
+    """gradflow defaults OPENBLAS_NUM_THREADS to 1 (gradflow/__init__.py); compare with one
+    thread per core, on an idle machine and beside one busy-looping process per core."""
+    n, cores = cfg["spec_width"], os.cpu_count()
     runs = {}
-    for threads in ("1", str(os.cpu_count())):
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
-        runs[threads] = _child("lapack", quick, env=env, seeds=n)["seconds"]
-    one, many = runs["1"], runs[str(os.cpu_count())]
-    print(
-        f"  LAPACK (jax's CPU QR goes to OpenBLAS): a scan of 50 QRs of {n}x{n} takes "
-        f"{one * 1e3:.0f} ms with OPENBLAS_NUM_THREADS=1 (gradflow's default), "
-        f"{many * 1e3:.0f} ms with {os.cpu_count()} threads ({many / one:.1f}x)"
-    )
-    return {"qr_scan_seconds": runs, "ratio": many / one, "size": n}
+    for load in (False, True):
+        busy = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(cores if load else 0)
+        ]
+        try:
+            for threads in ("1", str(cores)):
+                env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
+                label = f"{threads} thread(s), {'busy' if load else 'idle'} machine"
+                runs[label] = _child("lapack", quick, env=env, seeds=n)["seconds"]
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+    print(f"  LAPACK (jax's CPU QR calls scipy's OpenBLAS): vmapped scan of 4 x 50 QRs of {n}x{n}")
+    for label, seconds in runs.items():
+        print(f"    OPENBLAS_NUM_THREADS={label}: {seconds * 1e3:.0f} ms")
+    return {"qr_scan_seconds": runs, "size": n, "cores": cores}
 
 
 def memory(cfg, quick) -> dict:
@@ -319,11 +329,11 @@ def memory(cfg, quick) -> dict:
     runs = [_child("memory", quick, seeds=n, chunk=cfg["mem_chunk"]) for n in (small, large)]
     record = {
         "seeds": [small, large], "chunk_size": cfg["mem_chunk"],
-        "maxrss_bytes": [r["maxrss_bytes"] for r in runs],
-        "ratio": runs[1]["maxrss_bytes"] / runs[0]["maxrss_bytes"],
+        "peak_rss_bytes": [r["peak_rss_bytes"] for r in runs],
+        "ratio": runs[1]["peak_rss_bytes"] / runs[0]["peak_rss_bytes"],
     }  # fmt: skip
     for r in runs:
-        print(f"  {r['seeds']:>6} seeds: peak RSS {r['maxrss_bytes'] / 2**20:8.1f} MiB")
+        print(f"  {r['seeds']:>6} seeds: peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB")
     print(f"  ratio {record['ratio']:.3f} ({large // small}x the seeds; ~1 = flat)")
     return record
 
