@@ -536,6 +536,7 @@ def main(argv=None) -> dict:
     for name, (key, run) in sections.items():
         if name in only:
             results[key] = run()
+    results["targets"] = targets(results)
     meta["loadavg_end"] = list(os.getloadavg())
     meta["seconds"] = time.perf_counter() - started
     out = pathlib.Path(args.out)
@@ -543,6 +544,32 @@ def main(argv=None) -> dict:
     out.write_text(json.dumps(results, indent=1))
     print(f"\n{meta['seconds']:.0f} s in all; results in {out}")
     return results
+
+
+def targets(results: dict) -> dict:
+    """The issue's speed targets (issue 2: workloads A and B; issue 4: flat memory), checked
+    against this run and printed as one line each. Absent sections are skipped."""
+    checks = {}
+    if "workload_a" in results:
+        r = results["workload_a"]["results"]
+        frac = r["gradflow.sweep"]["fraction_of_peak"]
+        checks["A: >= 60% of the matmul peak"] = (frac >= 0.6, f"{frac:.0%}")
+        if "torch.func" in r:
+            speedup = r["torch.func"]["gradflow_speedup"]
+            checks["A: >= 1.5x faster than torch.func"] = (speedup >= 1.5, f"{speedup:.2f}x")
+    if "workload_b" in results:
+        frac = results["workload_b"]["results"]["gradflow.sweep"]["fraction_of_peak"]
+        checks["B: >= 50% of the matmul peak, init included"] = (frac >= 0.5, f"{frac:.0%}")
+    if "memory" in results:
+        ratio = results["memory"]["ratio"]
+        seeds = results["memory"]["seeds"]
+        name = f"memory: peak RSS at {seeds[1]} seeds <= 1.1x that at {seeds[0]}"
+        checks[name] = (ratio <= 1.1, f"{ratio:.2f}x")
+    if checks:
+        print("\nTargets")
+        for name, (ok, value) in checks.items():
+            print(f"  {'met    ' if ok else 'NOT MET'}  {name}: {value}")
+    return {name: {"met": ok, "value": value} for name, (ok, value) in checks.items()}
 
 
 def _torch_available() -> bool:

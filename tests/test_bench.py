@@ -27,3 +27,5 @@ def test_bench_quick_writes_results(tmp_path):
         assert r["seconds"] > 0 and 0 < r["fraction_of_peak"] and r["gradflow_speedup"] > 0
     assert a["results"]["jit loop"]["extrapolated_from_seeds"] == 4
     assert a["checks"]["sweep vs jit loop, max rel diff"] < 1e-4
+    target = results["targets"]["A: >= 60% of the matmul peak"]
+    assert isinstance(target["met"], bool) and target["value"].endswith("%")
