@@ -86,3 +86,30 @@ def test_feature_major_forward_equals_row_major(monkeypatch):
     rm = gradflow.layer_grad_norms(model, rm_params, x, y, loss="mse")
     for a, b in zip(jax.tree.leaves(fm), jax.tree.leaves(rm), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # float32 reassociation
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.int32, jnp.uint32])
+def test_once_is_the_identity_bit_for_bit(dtype):
+    # The sentinels themselves (-inf, the integer minimum), NaN and -0.0 must come back as they
+    # went in: once() is a reduction under "the first operand that is not the sentinel".
+    if dtype == jnp.float32:
+        values = [-np.inf, np.inf, np.nan, -0.0, 0.0, 1.5, -3.0, np.finfo(np.float32).tiny]
+    else:
+        info = np.iinfo(dtype)
+        values = [info.min, info.max, 0, 1, info.min + 1]
+    x = np.array(values, dtype).reshape(-1, 1) * np.ones((1, 3), dtype)
+    for out in (rng.once(x), jax.jit(rng.once)(x), jax.vmap(rng.once)(x)):
+        np.testing.assert_array_equal(np.asarray(out).view(np.uint32), x.view(np.uint32))
+
+
+def test_once_has_the_identity_gradient_and_compiles_once_per_shape():
+    x = jnp.array([0.5, -2.0, 3.0])
+    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(rng.once(v) ** 2))(x), 2 * x)
+    # Eager calls reuse one compiled reduction per shape (a new combiner per call used to
+    # recompile it every time: 30 ms a call, 90 s for an eager depth-1000 init).
+    y = jnp.ones((7, 5))
+    rng.once(y)
+    size = rng._first_not_sentinel._cache_size()
+    for _ in range(3):
+        rng.once(y + 1)
+    assert rng._first_not_sentinel._cache_size() == size
