@@ -11,6 +11,7 @@ layer l (the "hidden units" before the nonlinearity), l = 1..L.
 
 from __future__ import annotations
 
+from functools import wraps
 from typing import NamedTuple
 
 import jax
@@ -65,6 +66,31 @@ class TimeGradNorms(NamedTuple):
     loss: jax.Array
 
 
+def _jit_probe(needs: type | None = None, hint: str = ""):
+    """Decorate a probe ``fn(model, params, x, y, loss)``: check its inputs in Python, then run
+    it as one jitted program per (model, loss, shapes).
+
+    Called eagerly, op-by-op autodiff took seconds per call (0.4 s for a 784-30-30-30-10 net on
+    100 digits, 3.7 s the first time; jitted: 1 ms). Under an outer ``jit``/``vmap`` (as in
+    :func:`gradflow.sweep`) the inner jit is inlined, so the swept program does not change. The
+    checks run before tracing, so concrete labels are range-checked too (see :func:`validate`).
+    """
+
+    def decorate(fn):
+        jitted = jax.jit(fn, static_argnames=("model", "loss"))
+
+        @wraps(fn)
+        def probe(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
+            if needs is not None and not isinstance(model.config, needs):
+                raise ValueError(hint)
+            validate(model, x, y, loss)
+            return jitted(model, params, x, y, loss=loss)
+
+        return probe
+
+    return decorate
+
+
 def validate(model: Model, x, y, loss: str) -> None:
     """Check ``x``, ``y`` and ``loss`` against ``model`` in Python, before any tracing.
 
@@ -107,6 +133,7 @@ def _totals(rows: list[jax.Array]) -> jax.Array:
     return jnp.sum(jnp.stack(rows), axis=-1)
 
 
+@_jit_probe(MLPConfig, "layer_grad_norms needs an MLP; use time_grad_norms for an RNN/LSTM")
 def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
     """Exact per-layer gradient norms of an MLP at ``params``, from one forward/backward pass.
 
@@ -127,9 +154,6 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
     References:
       Nielsen 2015, *Neural Networks and Deep Learning*, ch. 5; Glorot & Bengio 2010.
     """
-    if not isinstance(model.config, MLPConfig):
-        raise ValueError("layer_grad_norms needs an MLP; use time_grad_norms for an RNN/LSTM")
-    validate(model, x, y, loss)  # shapes only: also safe on tracers under sweep
     loss_fn = get_loss(loss)
     config = model.config
     batch = x.shape[0]
@@ -166,13 +190,13 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
     )
 
 
+@_jit_probe()
 def preact_grads(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
     """Per-example gradients w.r.t. the probed hidden variables: ``[dC_x/dz^l_x]``.
 
     Returns a pytree with the structure of ``model.forward``'s hidden output (for an MLP, a list
     of L arrays of shape (batch, n_l); for an RNN, (batch, time, n_hidden)).
     """
-    validate(model, x, y, loss)
     loss_fn = get_loss(loss)
     batch = x.shape[0]
     hidden_shape = jax.eval_shape(lambda p: model.forward(p, x)[1], params)
@@ -184,6 +208,7 @@ def preact_grads(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "
     return jax.tree.map(lambda g: batch * g, jax.grad(batch_loss)(zeros))
 
 
+@_jit_probe(RNNConfig, "time_grad_norms needs an RNN or LSTM; use layer_grad_norms for an MLP")
 def time_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
     """Gradient norm w.r.t. a recurrent net's state at every time step (vanishing through time).
 
@@ -197,9 +222,6 @@ def time_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str 
 
     References: Bengio, Simard & Frasconi 1994; Pascanu, Mikolov & Bengio 2013.
     """
-    if not isinstance(model.config, RNNConfig):
-        raise ValueError("time_grad_norms needs an RNN or LSTM; use layer_grad_norms for an MLP")
-    validate(model, x, y, loss)
     loss_fn = get_loss(loss)
     batch, time = x.shape[:2]
     zeros = jnp.zeros((batch, time, model.config.n_hidden), x.dtype)
