@@ -4,10 +4,10 @@ import os
 
 # jax's CPU LAPACK calls (QR, SVD, eigh: orthogonal init, spectra) go to scipy's OpenBLAS, which
 # by default starts one thread per core and spin-waits them against XLA's own thread pool. On 2
-# cores a vmapped scan of QRs ran 1.2x slower idle and ~29x slower beside two busy processes
-# (bench/run.py, spectra section). Single-threaded LAPACK per call is what a vmapped/scanned
-# factorisation wants. Only a default: set OPENBLAS_NUM_THREADS to override. It
-# takes effect when gradflow is imported before jax/scipy load OpenBLAS.
+# cores a vmapped scan of QRs ran 1.1-1.3x slower idle, and 16x to 350x slower beside two busy
+# processes (three runs of bench/run.py, spectra section). Single-threaded LAPACK per call is
+# what a vmapped/scanned factorisation wants. Only a default: set OPENBLAS_NUM_THREADS to
+# override. It takes effect when gradflow is imported before jax/scipy load OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from gradflow import (
