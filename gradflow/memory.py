@@ -106,8 +106,9 @@ def choose_chunk(
     n_items: int,
     n_devices: int,
     budget: int,
+    multiple: int | None = None,
 ) -> tuple[ChunkChoice, Any]:
-    """The largest chunk (a multiple of ``n_devices``, at most ``n_items`` rounded up) in budget.
+    """The largest chunk (a multiple of ``multiple``, at most ``n_items`` rounded up) in budget.
 
     Args:
       compile_at: chunk size -> compiled program (``jit(f).lower(...).compile()``).
@@ -115,6 +116,8 @@ def choose_chunk(
       n_items: seeds (or grid point x seed pairs) in the sweep.
       n_devices: devices a chunk is sharded over.
       budget: per-device bytes.
+      multiple: the chunk's granularity, a multiple of ``n_devices`` (default ``n_devices``; a
+        sweep with ``vmap_size`` passes the vmapped group size).
 
     Returns:
       ``(ChunkChoice, compiled program at the chosen chunk)``.
@@ -122,14 +125,15 @@ def choose_chunk(
     Raises:
       ValueError: if one seed per device does not fit the budget.
     """
-    per_full = -(-n_items // n_devices)  # seeds per device if all ran at once
+    multiple = n_devices if multiple is None else multiple
+    per_full = -(-n_items // multiple)  # units of `multiple` seeds if all ran at once
     sizes = sorted({max(1, min(4, per_full // 2)), min(16, per_full)})
-    compiled = {p: compile_at(p * n_devices) for p in sizes}
+    compiled = {p: compile_at(p * multiple) for p in sizes}
     measured = {p: compiled_bytes(c) for p, c in compiled.items()}
     method = "memory_analysis"
     if any(m is None for m in measured.values()):
         method = "traced estimate"
-        measured = {p: traced_bytes(trace_at(p * n_devices)) // n_devices for p in sizes}
+        measured = {p: traced_bytes(trace_at(p * multiple)) // n_devices for p in sizes}
         warnings.warn(
             "chunk_size='auto': this backend's memory_analysis() is unavailable, so the chunk "
             "comes from a conservative estimate (all intermediates alive at once); pass an int "
@@ -144,7 +148,7 @@ def choose_chunk(
     got = a + b * per
     while True:  # check the chosen size itself: XLA's memory need not be exactly linear
         if per not in compiled:
-            compiled[per] = compile_at(per * n_devices)
+            compiled[per] = compile_at(per * multiple)
         if method == "memory_analysis":
             got = compiled_bytes(compiled[per])
         if got <= budget or per == 1:
@@ -152,8 +156,14 @@ def choose_chunk(
         per = max(1, min(per - 1, int(per * budget / got * 0.95)))
     if got > budget:
         raise ValueError(
-            f"memory budget {budget:,} B per device is below the ~{int(got):,} B that one seed "
-            "per device needs; raise the budget (memory=, --memory) or shrink the batch"
+            f"memory budget {budget:,} B per device is below the ~{int(got):,} B that "
+            + (
+                "one seed per device needs"
+                if multiple == n_devices
+                else f"one group of {multiple} seeds (vmap_size) over {n_devices} device(s) needs"
+            )
+            + "; raise the budget (memory=, --memory) or shrink the batch"
         )
-    choice = ChunkChoice(per * n_devices, budget, float(a), float(b), float(got), method)
+    per_seed = b * n_devices / multiple  # b is per unit of `multiple` seeds
+    choice = ChunkChoice(per * multiple, budget, float(a), float(per_seed), float(got), method)
     return choice, compiled[per]

@@ -34,15 +34,21 @@ SCRIPT = textwrap.dedent(
     sharded = run(37, chunk_size=10)  # all 8 devices; chunks rounded up to 16, last one padded
     few = run(5)  # fewer seeds than devices
     sub = run(37, devices=4, chunk_size=8)
+    grouped = run(37, chunk_size=20, vmap_size=5)  # groups of 8 (5 rounded up), chunks of 24
 
     # the chunk really is split across the devices, two seeds each
     job = S._prepare(gf.layer_grad_norms, model, 37, (x, y), {"loss": "mse"}, None, None, None)
     out = S._run_chunk(*S._inputs(job, 0, 16), **job.static)
     shard_rows = sorted({s.data.shape[0] for s in out.weights.addressable_shards})
+    job = S._prepare(gf.layer_grad_norms, model, 37, (x, y), {"loss": "mse"}, None, None, None, 8)
+    out = S._run_chunk(*S._inputs(job, 0, 24), **job.static)  # 3 groups of 8, one seed each
+    group_rows = sorted({s.data.shape[0] for s in out.weights.addressable_shards})
     err = lambda a, b: max(float(np.max(np.abs(u - v) / (np.abs(v) + 1e-6))) for u, v in zip(a, b))
     json.dump({
         "n_devices_used": len(out.weights.sharding.device_set),
         "shard_rows": shard_rows,
+        "group_rows": group_rows,
+        "grouped": err(grouped, reference),
         "shapes": [reference.weights.shape, sharded.weights.shape, few.weights.shape],
         "sharded": err(sharded, reference),
         "few": err(few, [r[:5] for r in reference]),
@@ -62,9 +68,10 @@ def test_sharded_sweep_equals_single_device():
     result = json.loads(proc.stdout)
     assert result["n_devices_used"] == 8
     assert result["shard_rows"] == [2]
+    assert result["group_rows"] == [3]  # a chunk of 24 run as 3 groups: still 3 seeds per device
     assert result["shapes"] == [[37, 2], [37, 2], [5, 2]]
     # Same keys, same networks; only XLA's blocking of the batched matmuls may differ (float32).
-    for name in ("sharded", "few", "sub"):
+    for name in ("sharded", "few", "sub", "grouped"):
         assert result[name] < 1e-5, (name, result)
 
 

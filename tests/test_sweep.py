@@ -14,6 +14,7 @@ from tests.conftest import assert_trees_close
 # Two weight layers: compiling the vmapped threefry draws dominates each sweep's cost on CPU.
 WIDTHS = [6, 5, 3]
 MODEL = gradflow.mlp(WIDTHS, "tanh", "nielsen")
+MODEL_GAUSSIAN = gradflow.mlp(WIDTHS, "tanh", "gaussian", sigma_b2=0.1)
 X = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
 Y = np.random.default_rng(1).integers(0, 3, size=8).astype(np.int32)
 
@@ -64,6 +65,52 @@ def test_seed_i_does_not_depend_on_n():
     p37 = sweep(params_of, MODEL, 37)
     # Drawing weights is elementwise per key: bit-identical whatever the batch of seeds.
     assert_trees_close(p_n, jax.tree.map(lambda a: a[:N], p37), rtol=0.0)
+
+
+@pytest.mark.parametrize(
+    "chunk_size, vmap_size",
+    [(None, 4), (6, 2), (4, 3), (5, 1), (3, 8)],  # 4 groups of 1; a chunk of 4 -> 6 (2 groups)
+)
+def test_vmap_groups_equal_one_vmap(chunk_size, vmap_size):
+    # vmap_size only changes how many seeds are batched per step: same networks, same numbers
+    # up to the float32 reordering of batched matmuls (RTOL), every seed present once.
+    got = sweep(
+        gradflow.layer_grad_norms, MODEL, N, X, Y, loss="xent",
+        chunk_size=chunk_size, vmap_size=vmap_size,
+    )  # fmt: skip
+    want = sweep(gradflow.layer_grad_norms, MODEL, N, X, Y, loss="xent")
+    assert got.weights.shape == (N, 2)
+    assert_trees_close(got, want, rtol=RTOL)
+    drawn = sweep(params_of, MODEL, N, chunk_size=chunk_size, vmap_size=vmap_size)
+    assert_trees_close(drawn, sweep(params_of, MODEL, N), rtol=0)  # the draws: exact
+
+
+def test_vmap_groups_in_a_grid_sweep():
+    grid = {"sigma_w2": np.array([0.5, 2.0])}
+    got = gradflow.grid_sweep(
+        gradflow.layer_grad_norms, MODEL_GAUSSIAN, 3, X, Y, grid=grid, loss="xent",
+        chunk_size=4, vmap_size=2,
+    )  # fmt: skip
+    want = gradflow.grid_sweep(
+        gradflow.layer_grad_norms, MODEL_GAUSSIAN, 3, X, Y, grid=grid, loss="xent"
+    )
+    assert got.weights.shape == (2, 3, 2)
+    assert_trees_close(got, want, rtol=RTOL)
+
+
+def test_vmap_groups_with_auto_chunks():
+    got = sweep(
+        gradflow.layer_grad_norms, MODEL, N, X, Y, loss="xent",
+        chunk_size="auto", memory="256MiB", vmap_size=4,
+    )  # fmt: skip
+    want = sweep(gradflow.layer_grad_norms, MODEL, N, X, Y, loss="xent")
+    assert_trees_close(got, want, rtol=RTOL)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "4"])
+def test_bad_vmap_size(bad):
+    with pytest.raises(ValueError, match="vmap_size must be"):
+        sweep(gradflow.layer_grad_norms, MODEL, 4, X, Y, vmap_size=bad)
 
 
 @pytest.mark.parametrize("chunk_size", [3, 4, 6, 64])  # 4 and 64 do not divide N = 6
