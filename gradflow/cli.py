@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--memory", default=None, help="per-device budget for --chunk-size auto, e.g. 4GiB"
     )
+    p.add_argument(
+        "--vmap-size",
+        type=int,
+        default=None,
+        help="seeds vectorised together inside a chunk (default: the whole chunk); 2-8 is "
+        "faster for deep nets on CPU, see bench/README.md",
+    )
     p.add_argument("--devices", type=int, default=None, help="local devices to use (default all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -202,6 +209,7 @@ def cmd_sweep(args) -> int:
     norms = gf.sweep(
         gf.layer_grad_norms, model, args.seeds, x, y, loss=args.loss, chunk_size=chunk,
         memory=args.memory, devices=args.devices, quiet=args.quiet, run_dir=args.out,
+        vmap_size=args.vmap_size,
     )  # fmt: skip
     if resuming:
         print(f"resumed the run in {args.out}: chunks finished earlier were loaded")
