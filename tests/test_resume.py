@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -50,7 +49,7 @@ def saved_chunks(monkeypatch):
 
 CHILD = textwrap.dedent(
     """
-    import sys, time
+    import sys
     import numpy as np
     import gradflow as gf
     from gradflow import io
@@ -60,7 +59,8 @@ CHILD = textwrap.dedent(
     def save_then_hang(self, index, leaves):  # stands in for a long sweep killed midway
         save(self, index, leaves)
         if index >= 1:
-            time.sleep(600)
+            print("saved", index, flush=True)  # tells the test the chunks landed
+            sys.stdin.read()  # blocks until the test kills this process
 
     io.RunDir.save_chunk = save_then_hang
     data = np.load(sys.argv[2])
@@ -75,18 +75,21 @@ def test_sigkill_midway_then_rerun_gives_identical_results(tmp_path, saved_chunk
     run_dir, data = tmp_path / "run", tmp_path / "data.npz"
     x, y = _data()
     np.savez(data, x=x, y=y)
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(run_dir), str(data)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "child.log"
+    with open(log, "w") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(run_dir), str(data)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     try:
-        deadline = time.monotonic() + 240
-        while len(list((run_dir / io.CHUNKS).glob("*.chunk"))) < 2:
-            assert child.poll() is None, child.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the child sweep wrote no chunks in 240 s"
-            time.sleep(0.05)
+        # Waits on the child's own signal, not on a clock: a line once chunk 1 is saved, or EOF
+        # if it died first.
+        line = child.stdout.readline()
+        assert line == "saved 1\n", log.read_text()[-3000:]
+        assert len(list((run_dir / io.CHUNKS).glob("*.chunk"))) == 2
         os.kill(child.pid, signal.SIGKILL)
     finally:
         if child.poll() is None:
