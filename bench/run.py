@@ -107,10 +107,11 @@ def workload(label, model, x, y, loss, source, cfg, key, use_torch) -> dict:
         f"\n{label}: {n_seeds} seeds, {6 * x.shape[0]} x {flops / 6 / x.shape[0]:,.0f} FLOPs/seed"
     )
 
-    def sweep(n=n_seeds, chunk_size=chunk):
+    def sweep(n=n_seeds, chunk_size=chunk, vmap_size=None):
         return gradflow.sweep(
-            gradflow.layer_grad_norms, model, n, x, y, loss=loss, chunk_size=chunk_size, quiet=True
-        )
+            gradflow.layer_grad_norms, model, n, x, y, loss=loss, chunk_size=chunk_size,
+            vmap_size=vmap_size, quiet=True,
+        )  # fmt: skip
 
     one_seed = jax.jit(lambda k: gradflow.layer_grad_norms(model, model.init(k), x, y, loss=loss))
     loop_keys = list(gradflow.seed_keys(n_loop))
@@ -127,10 +128,7 @@ def workload(label, model, x, y, loss, source, cfg, key, use_torch) -> dict:
         fns["gradflow.sweep, one chunk"] = lambda: sweep(chunk_size=None)
         scale["gradflow.sweep, one chunk"] = 1.0
     if key == "b":  # one seed's matmuls fill the cores: groups of a few seeds (bench/README.md)
-        grouped = lambda: gradflow.sweep(  # noqa: E731
-            gradflow.layer_grad_norms, model, n_seeds, x, y, loss=loss, chunk_size=chunk,
-            vmap_size=cfg["b_vmap"], quiet=True,
-        )  # fmt: skip
+        grouped = lambda: sweep(vmap_size=cfg["b_vmap"])  # noqa: E731
         block(grouped())
         fns["gradflow.sweep, vmap_size"] = grouped
         scale["gradflow.sweep, vmap_size"] = 1.0

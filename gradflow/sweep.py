@@ -37,15 +37,16 @@ def seed_keys(n: int, base: jax.Array | None = None) -> jax.Array:
 
     Returns: a key array of shape (n,).
     """
-    n = _check_n_seeds(n)
+    n = _positive_int("the number of seeds", n)
     base = jax.random.key(0) if base is None else base
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n, dtype=jnp.uint32))
 
 
-def _check_n_seeds(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"the number of seeds must be an int >= 1, got {n!r}")
-    return int(n)
+def _positive_int(name: str, value, alternatives: str = "") -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``name`` and what it may be."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1{alternatives}, got {value!r}")
+    return int(value)
 
 
 def as_keys(keys) -> jax.Array:
@@ -302,11 +303,7 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
     key_data = np.asarray(jax.random.key_data(keys))
     impl = jax.random.key_impl(keys)
     if vmap_size is not None:
-        if isinstance(vmap_size, bool) or not isinstance(vmap_size, (int, np.integer)):
-            raise ValueError(f"vmap_size must be an int >= 1 or None, got {vmap_size!r}")
-        if vmap_size < 1:
-            raise ValueError(f"vmap_size must be >= 1, got {vmap_size!r}")
-        vmap_size = _round_up(int(vmap_size), mesh.size)
+        vmap_size = _round_up(_positive_int("vmap_size", vmap_size, " or None"), mesh.size)
     static = dict(
         fn=fn, model=model, kwargs=tuple(sorted(kwargs.items())), impl=impl,
         init_names=init_names, mesh=mesh, vmap_size=vmap_size,
@@ -366,10 +363,7 @@ def _inputs(job: _Job, start: int, size: int):
 def _execute(job: _Job, chunk_size, memory, run_dir, quiet, kind):
     n, n_dev = job.n_items, job.static["mesh"].size
     if not (chunk_size is None or chunk_size == "auto"):
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-            raise ValueError(f"chunk_size must be an int >= 1, 'auto' or None, got {chunk_size!r}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+        _positive_int("chunk_size", chunk_size, ", 'auto' or None")
     run = None
     if run_dir is not None:
         fingerprint = {"kind": kind, **job.fingerprint(), "chunk_size": chunk_size}
