@@ -10,31 +10,51 @@ import os
 # override. It takes effect when gradflow is imported before jax/scipy load OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from gradflow import (
+from gradflow import (  # noqa: E402
+    activations,
     data,
     diagnose,
+    inits,
     io,
+    layers,
     losses,
     meanfield,
     models,
+    nets,
+    plots,
     probes,
     spectra,
-    stacked,
+    taps,
     theory,
     train,
 )
-from gradflow import sweep as sweeps
-from gradflow.losses import LOSSES
-from gradflow.models import ACTIVATIONS, INITS, Model, lstm, mlp, rnn
-from gradflow.probes import (
+from gradflow import sweep as sweeps  # noqa: E402
+from gradflow.activations import ACTIVATIONS  # noqa: E402
+from gradflow.inits import INITS  # noqa: E402
+from gradflow.losses import LOSSES  # noqa: E402
+from gradflow.models import Model, from_apply, from_layers  # noqa: E402
+from gradflow.nets import lstm, mlp, rnn  # noqa: E402
+from gradflow.probes import (  # noqa: E402
     LayerGradNorms,
     TimeGradNorms,
     layer_grad_norms,
     preact_grads,
     time_grad_norms,
 )
-from gradflow.spectra import jacobian_singular_values, layer_jacobians, spectrum_summary
-from gradflow.sweep import Summary, auto_chunk_size, grid_sweep, seed_keys, summarize, sweep
+from gradflow.spectra import (  # noqa: E402
+    jacobian_singular_values,
+    layer_jacobians,
+    spectrum_summary,
+)
+from gradflow.sweep import (  # noqa: E402
+    Summary,
+    auto_chunk_size,
+    grid_sweep,
+    seed_keys,
+    summarize,
+    sweep,
+)
+from gradflow.taps import tap  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -46,30 +66,37 @@ __all__ = [
     "Model",
     "Summary",
     "TimeGradNorms",
+    "activations",
     "auto_chunk_size",
     "data",
     "diagnose",
+    "from_apply",
+    "from_layers",
     "grid_sweep",
+    "inits",
     "io",
     "jacobian_singular_values",
-    "layer_jacobians",
     "layer_grad_norms",
+    "layer_jacobians",
+    "layers",
     "losses",
     "lstm",
     "meanfield",
     "mlp",
     "models",
+    "nets",
+    "plots",
     "preact_grads",
     "probes",
     "rnn",
     "seed_keys",
     "spectra",
-    "stacked",
-    "stacked",
     "spectrum_summary",
     "summarize",
     "sweep",
     "sweeps",
+    "tap",
+    "taps",
     "theory",
     "time_grad_norms",
     "train",

@@ -27,13 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from gradflow import activations
 from gradflow.losses import get_loss
-from gradflow.models import ACTIVATIONS, MLPConfig, Model, mlp_forward
-from gradflow.probes import layer_grad_norms, validate
+from gradflow.models import Model
+from gradflow.probes import backward, layer_grad_norms, validate
 
 SATURATION = 0.01  # a unit is saturated when phi'(z) < SATURATION * max phi'
-_SATURATING = ("sigmoid", "tanh", "erf", "softplus")
-_DERIVATIVE_MAX = {"sigmoid": 0.25, "tanh": 1.0, "erf": 2 / np.sqrt(np.pi), "softplus": 1.0}
 
 
 def hessian_vector_product(loss_fn, params):
@@ -130,47 +129,45 @@ def diagnose(
     hessian_iterations: int = 30,
     key: jax.Array | None = None,
 ) -> Diagnosis:
-    """Measure every cause of a small gradient for an MLP at ``params`` on the batch ``(x, y)``.
+    """Measure every cause of a small gradient for any model at ``params`` on the batch ``(x, y)``.
+
+    Per-layer fields come from the model's parameter groups; the unit-level fractions (zeros,
+    dead, underflow, saturation) from its taps (for the built-in MLP: the pre-activations z^l).
+    Saturation needs to know the activation a tap feeds: taps made with ``activation=`` meta
+    (``gf.tap(h, name, activation="tanh")``, as the built-ins do); 0 elsewhere.
 
     Args:
-      model: an MLP. params: its parameters (one seed; ``gradflow.sweep`` adds the seed axis).
-      x: (batch, n_0). y: labels (batch,) or targets (batch, n_L). loss: loss name.
+      model: any :class:`gradflow.Model`. params: its parameters (one seed; ``gradflow.sweep``
+        adds the seed axis).
+      x: (batch, ...). y: labels (batch,) or targets shaped like the output. loss: loss name.
       hessian_iterations: Lanczos steps for the Hessian extremes (0 skips them: NaN).
       key: start vector of Lanczos (default ``jax.random.key(0)``).
     Returns: :class:`Diagnosis`; :func:`verdict` turns it into words.
     """
-    if not isinstance(model.config, MLPConfig):
-        raise ValueError("diagnose needs an MLP built by gradflow.mlp")
-    validate(model, x, y, loss)
-    config = model.config
+    validate(model, x, y, loss, params)
     loss_fn = get_loss(loss)
     norms = layer_grad_norms(model, params, x, y, loss)
-    batch = x.shape[0]
-    zeros = [jnp.zeros((batch, n), x.dtype) for n in config.widths[1:]]
+    _, g_params, g_taps, values, _, specs = backward(model, params, x, y, loss)
 
-    def batch_loss(params, perturb=None):
-        return jnp.mean(loss_fn(mlp_forward(config, params, x, perturb)[0], y))
+    def batch_loss(params):
+        return jnp.mean(loss_fn(model.apply(params, x), y))
 
-    g_params, g_z = jax.grad(batch_loss, argnums=(0, 1))(params, zeros)
-    per_example = [batch * g for g in g_z]
     tiny = jnp.finfo(x.dtype).tiny
-    nonzero = [d != 0 for d in per_example]
-    underflow = jnp.stack(
-        [jnp.sum(nz & (jnp.abs(d) < tiny)) / jnp.maximum(jnp.sum(nz), 1)
-         for d, nz in zip(per_example, nonzero, strict=True)]
-    )  # fmt: skip
-    dead = jnp.stack([jnp.mean(~jnp.any(nz, axis=0)) for nz in nonzero])
-    grad_norm = jnp.linalg.norm(ravel_pytree(g_params)[0])
-
-    _, preacts, _ = mlp_forward(config, params, x)
-    saturated = []
-    for l, z in enumerate(preacts):
-        name = config.activation if l < len(preacts) - 1 else (config.output_activation or "linear")
-        if name in _SATURATING:
-            dphi = jax.vmap(jax.grad(ACTIVATIONS[name]))(z.ravel())
-            saturated.append(jnp.mean(dphi < SATURATION * _DERIVATIVE_MAX[name]))
+    underflow, dead, saturated = [], [], []
+    for name, spec in specs.items():
+        d = jnp.moveaxis(g_taps[name], spec.batch_axis, 0)
+        nz = d != 0
+        underflow.append(jnp.sum(nz & (jnp.abs(d) < tiny)) / jnp.maximum(jnp.sum(nz), 1))
+        dead.append(jnp.mean(~jnp.any(nz, axis=0)))
+        act = activations.ACTIVATIONS.get(dict(spec.meta).get("activation"))
+        if act is not None and act.derivative_max is not None:
+            dphi = activations.derivative(act.name, values[name])[1]
+            saturated.append(jnp.mean(dphi < SATURATION * act.derivative_max))
         else:
             saturated.append(jnp.zeros((), x.dtype))
+    stack = lambda v: jnp.stack(v).astype(x.dtype) if v else jnp.zeros((0,), x.dtype)  # noqa: E731
+    grad_norm = jnp.linalg.norm(ravel_pytree(g_params)[0])
+    underflow, dead = stack(underflow), stack(dead)
 
     if hessian_iterations > 0:
         key = jax.random.key(0) if key is None else key
@@ -188,7 +185,7 @@ def diagnose(
         zero_fraction=norms.zero_fraction,
         dead_fraction=dead,
         underflow_fraction=underflow,
-        saturated_fraction=jnp.stack(saturated).astype(x.dtype),
+        saturated_fraction=stack(saturated),
         hessian_min=h_min,
         hessian_max=h_max,
         loss=norms.loss[0],

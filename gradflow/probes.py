@@ -1,62 +1,89 @@
-"""Exact per-layer gradient probes for one network (one ``params``), via one backward pass.
+"""Exact per-layer gradient probes for one network (one ``params``) of any model, one backward pass.
 
 "Vanishing gradient" is a statement about *these* numbers: the gradient of the loss with respect
-to the parameters of early layers, ``||dC/dW^1||``, ``||dC/db^1||``, being far smaller than that
-of later layers. Nielsen (2015, ch. 5) calls ``delta^l = dC/db^l`` the "speed of learning" of
-layer l. Each function here takes one parameter pytree; ``gradflow.sweep`` adds the seed axis.
+to the parameters of early layers, ``||dC/dtheta_1||``, being far smaller than that of later
+layers. Nielsen (2015, ch. 5) calls ``delta^l = dC/db^l`` the "speed of learning" of layer l.
+Each function here takes one parameter pytree; ``gradflow.sweep`` adds the seed axis.
 
-Notation: batch loss ``C = mean_x C_x``; ``z^l = a^{l-1} W^l + b^l`` is the pre-activation of
-layer l (the "hidden units" before the nonlinearity), l = 1..L.
+Layers are groups of parameter leaves (:class:`gradflow.models.LeafGroup`); hidden units are the
+model's taps (``gf.tap``). One ``jax.value_and_grad`` with respect to the parameters and to a
+zero perturbation at every tap gives all of them: ``dC/dp_t`` at the zero perturbation is exactly
+``dC/dh_t``, and scaling by the batch size turns the gradient of the mean loss into each
+example's own ``dC_x/dh_x`` (exact for models whose examples do not interact; under BatchNorm
+it is the example's share of the batch gradient).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import wraps
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from gradflow import taps
 from gradflow.losses import check_targets, get_loss
-from gradflow.models import MLPConfig, Model, RNNConfig, check_inputs, mlp_forward
+from gradflow.models import Model, check_inputs, check_params
+
+BIAS_NAMES = frozenset({"b", "bias", "beta", "offset"})
+"""Leaf names counted as biases (the rest are weights) when a layer has both."""
 
 
-class LayerGradNorms(NamedTuple):
-    """Per-layer gradient statistics; every field has shape (L,), index l-1 for layer l.
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LayerGradNorms:
+    """Per-layer gradient statistics of one network; L layers (parameter groups), T taps.
 
     Attributes:
-      weights: ``||dC/dW^l||_F``, the gradient of the batch-mean loss w.r.t. layer l's weights.
-      biases: ``||dC/db^l||_2`` = ``||mean_x dC_x/dz^l_x||`` (Nielsen's ||delta^l||: the norm of
-        the batch-mean gradient, as in his generate_gradient.py).
-      preacts: ``sqrt(mean_x ||dC_x/dz^l_x||^2)``: the gradient of each example's loss w.r.t. that
-        example's pre-activations (hidden units), root-mean-square over the batch.
-      weights_per_example: ``sqrt(mean_x ||dC_x/dW^l||_F^2)``; exact and cheap because the
-        per-example weight gradient is the outer product ``a^{l-1}_x (dC_x/dz^l_x)^T``.
-      weight_norms: ``||W^l||_F``.
-      update_ratio: ``||dC/dW^l||_F / ||W^l||_F``, the relative size of a unit-rate SGD step.
-      zero_fraction: fraction of the (example, unit) entries of ``dC_x/dz^l_x`` that are exactly
-        0 (dead ReLUs, saturated-to-underflow sigmoids): tells a zero gradient from a small one.
-      loss: the batch loss C, broadcast to shape (L,) so all fields stack alike.
+      names: the L layer names, in order of use (static).
+      hidden_names: the T tap names, in call order (static).
+      params: (L,) ``||dC/dtheta_l||_2`` over all parameters of layer l.
+      weights: (L,) the same over the layer's weights (leaves not named as biases).
+      biases: (L,) over its biases (``||dC/db^l||`` = Nielsen's ``||delta^l||``); NaN where a
+        layer has none.
+      weights_per_example: (L,) ``sqrt(mean_x ||dC_x/dW^l||_F^2)`` for dense layers whose output
+        is tapped under the layer's name (exact and cheap: the per-example gradient is the outer
+        product ``a^{l-1}_x (dC_x/dz^l_x)^T``); NaN for other layers.
+      weight_norms: (L,) ``||W^l||`` (weights only); param_norms: (L,) ``||theta_l||``.
+      update_ratio: (L,) ``weights / weight_norms``: the relative size of a unit-rate SGD step.
+      hidden: (T,) ``sqrt(mean_x ||dC_x/dh_t||^2)`` at each tap (for the built-in MLP: the
+        pre-activations z^l, so ``hidden`` is the old ``preacts``).
+      zero_fraction: (T,) fraction of exactly-zero entries of ``dC_x/dh_t`` (dead units,
+        saturated-to-underflow sigmoids): tells a zero gradient from a small one.
+      loss: (L,) the batch loss C, broadcast so all per-layer fields stack alike.
     """
 
+    params: jax.Array
     weights: jax.Array
     biases: jax.Array
-    preacts: jax.Array
     weights_per_example: jax.Array
     weight_norms: jax.Array
+    param_norms: jax.Array
     update_ratio: jax.Array
+    hidden: jax.Array
     zero_fraction: jax.Array
     loss: jax.Array
+    names: tuple[str, ...] = dataclasses.field(default=(), metadata=dict(static=True))
+    hidden_names: tuple[str, ...] = dataclasses.field(default=(), metadata=dict(static=True))
+
+    @property
+    def preacts(self) -> jax.Array:
+        """``hidden`` (the built-in MLP's taps sit at its pre-activations)."""
+        return self.hidden
+
+    def _asdict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-class TimeGradNorms(NamedTuple):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TimeGradNorms:
     """Gradient with respect to a recurrent net's state at each time step; shapes (T,).
 
     Attributes:
-      hidden: ``sqrt(mean_x ||dC_x/dh_t||^2)``, the gradient of each example's loss w.r.t. its
-        hidden state h_t, root-mean-square over the batch. Vanishing through time means
-        ``hidden[t] << hidden[T-1]`` for early t.
+      hidden: ``sqrt(mean_x ||dC_x/dh_t||^2)``. Vanishing through time: ``hidden[t] <<
+        hidden[T-1]`` for early t.
       cell: the same for the LSTM cell state c_t (zeros for a vanilla RNN).
       loss: the batch loss, broadcast to (T,).
     """
@@ -66,174 +93,257 @@ class TimeGradNorms(NamedTuple):
     loss: jax.Array
 
 
-def _jit_probe(needs: type | None = None, hint: str = ""):
-    """Decorate a probe ``fn(model, params, x, y, loss)``: check its inputs in Python, then run
-    it as one jitted program per (model, loss, shapes).
+def _jit_probe(fn):
+    """Check a probe's inputs in Python, then run it as one jitted program per (model, loss,
+    shapes). Under an outer ``jit``/``vmap`` (``gradflow.sweep``) the inner jit is inlined."""
+    jitted = jax.jit(fn, static_argnames=("model", "loss"))
 
-    Called eagerly, op-by-op autodiff took seconds per call (0.4 s for a 784-30-30-30-10 net on
-    100 digits, 3.7 s the first time; jitted: 1 ms). Under an outer ``jit``/``vmap`` (as in
-    :func:`gradflow.sweep`) the inner jit is inlined, so the swept program does not change. The
-    checks run before tracing, so concrete labels are range-checked too (see :func:`validate`).
-    """
+    @wraps(fn)
+    def probe(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
+        validate(model, x, y, loss, params)
+        return jitted(model, params, x, y, loss=loss)
 
-    def decorate(fn):
-        jitted = jax.jit(fn, static_argnames=("model", "loss"))
-
-        @wraps(fn)
-        def probe(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
-            if needs is not None and not isinstance(model.config, needs):
-                raise ValueError(hint)
-            validate(model, x, y, loss)
-            return jitted(model, params, x, y, loss=loss)
-
-        return probe
-
-    return decorate
+    return probe
 
 
-def validate(model: Model, x, y, loss: str) -> None:
-    """Check ``x``, ``y`` and ``loss`` against ``model`` in Python, before any tracing.
+def validate(model: Model, x, y, loss: str, params=None) -> None:
+    """Check ``x``, ``y``, ``loss`` (and ``params``) against ``model`` in Python, before tracing.
 
     Raises:
       ValueError: naming the argument, what was expected and what was received.
     """
+    if not isinstance(model, Model):
+        raise ValueError(
+            f"model must be a gradflow Model (gf.mlp, gf.from_apply, ...), got "
+            f"{type(model).__name__}"
+        )
     get_loss(loss)
     check_inputs(model, x)
-    config = model.config
-    if isinstance(config, MLPConfig):
-        out_shape = (x.shape[0], config.widths[-1])
-        if loss in ("xent", "sigmoid_xent") and config.output_activation is not None:
-            raise ValueError(
-                f"loss {loss!r} takes logits and applies its own sigmoid/softmax, but the model "
-                f"has output_activation={config.output_activation!r}; build it with "
-                "output_activation=None"
-            )
-    else:
-        out_shape = (x.shape[0], config.n_out)
-    check_targets(loss, out_shape, y)
+    if loss in ("xent", "sigmoid_xent") and not model.logits:
+        raise ValueError(
+            f"loss {loss!r} takes logits and applies its own sigmoid/softmax, but the model's "
+            "output is not logits (output_activation is set); build it with "
+            "output_activation=None"
+        )
+    if params is None:
+        params = jax.eval_shape(model.init, jax.random.key(0))
+    check_params(params)
+    out = output_shape(model, params, x)
+    check_targets(loss, out.shape, y)
 
 
-def _row_sums(*arrays: jax.Array) -> tuple[jax.Array, ...]:
-    """Sums over the last axis of equal-shape arrays, all in one pass.
+def output_shape(model: Model, params, x):
+    """``apply``'s output shape on ``x`` (abstract evaluation), or a one-line ValueError."""
+    try:
+        out = jax.eval_shape(model.apply, params, x)
+    except ValueError as e:
+        if "tap name" in str(e) or "scanned run" in str(e):
+            raise
+        raise _apply_error(x, e) from None
+    except (TypeError, IndexError, KeyError, AttributeError) as e:
+        raise _apply_error(x, e) from None
+    if not hasattr(out, "shape") or len(out.shape) < 1 or out.shape[0] != x.shape[0]:
+        raise ValueError(
+            "model.apply must return one array with the batch on axis 0, got "
+            f"{jax.tree.map(lambda a: a.shape, out)} for x of shape {x.shape}"
+        )
+    return out
 
-    One variadic reduction, on purpose: XLA:CPU rewrites a single-operand sum over 32 or more
-    elements as a tree of partial sums over a materialised copy of its input (for accuracy), and
-    those copies made the statistics below cost as much as the backward pass (bench/run.py).
-    Variadic reductions are left alone, so the squares and comparisons fuse into one read of
-    each array. A row is one layer's width, so accuracy is that of a plain sum of n_l terms.
+
+def _apply_error(x, e) -> ValueError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ValueError(
+        f"model.apply failed on x of shape {tuple(x.shape)} ({type(e).__name__}: {first[:200]}); "
+        "check that the data fits the model"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The one backward pass
+
+
+def _zeros(specs):
+    return {name: jnp.zeros(s.shape, s.dtype) for name, s in specs.items()}
+
+
+def backward(model: Model, params, x, y, loss: str):
+    """The loss, parameter gradients and per-example tap gradients from one backward pass.
+
+    Returns:
+      ``(value, g_params, g_taps, values, records, specs)``: ``g_taps[name] = batch * dC/dp``
+      (each example's ``dC_x/dh_x``), ``values``/``records`` the tapped values and auxiliary
+      records, ``specs`` the taps' :class:`gradflow.taps.TapSpec` in call order.
+    """
+    loss_fn = get_loss(loss)
+    specs, _ = taps.discover(model.apply, params, x)
+
+    def batch_loss(params, perturb):
+        out, values, records = taps.run_tapped(model.apply, params, x, perturb)
+        return jnp.mean(loss_fn(out, y)), (values, records)
+
+    (value, (values, records)), (g_params, g_taps) = jax.value_and_grad(
+        batch_loss, argnums=(0, 1), has_aux=True
+    )(params, _zeros(specs))
+    batch = x.shape[0]
+    g_taps = {name: batch * g for name, g in g_taps.items()}
+    return value, g_params, g_taps, values, records, specs
+
+
+def _sums(*arrays, axes) -> tuple[jax.Array, ...]:
+    """Sums over ``axes`` of equal-shape arrays, as one variadic reduction.
+
+    On purpose: XLA:CPU rewrites a single-operand sum over 32 or more elements as a tree of
+    partial sums over a materialised copy of its input (for accuracy), and those copies made the
+    statistics cost as much as the backward pass (bench/run.py). Variadic reductions are left
+    alone, so the squares and comparisons fuse into one read of each array.
     """
     operands = arrays if len(arrays) > 1 else (*arrays, jnp.ones_like(arrays[0]))
     init = tuple(jnp.zeros((), a.dtype) for a in operands)
-    add = lambda xs, ys: tuple(x + y for x, y in zip(xs, ys, strict=True))  # noqa: E731
-    return tuple(lax.reduce(operands, init, add, (operands[0].ndim - 1,)))[: len(arrays)]
+    add = lambda xs, ys: tuple(a + b for a, b in zip(xs, ys, strict=True))  # noqa: E731
+    if not axes:
+        return arrays
+    return tuple(lax.reduce(operands, init, add, tuple(axes)))[: len(arrays)]
 
 
-def _totals(rows: list[jax.Array]) -> jax.Array:
-    """``[r.sum() for r in rows]`` for 1-d arrays of one length, as one small reduction."""
-    return jnp.sum(jnp.stack(rows), axis=-1)
+def _example_sums(arrays, batch_axis):
+    """Per-example sums of same-shape arrays (the batch axis kept): shapes (batch,)."""
+    ndim = arrays[0].ndim
+    return _sums(*arrays, axes=[a for a in range(ndim) if a != batch_axis])
 
 
-@_jit_probe(MLPConfig, "layer_grad_norms needs an MLP; use time_grad_norms for an RNN/LSTM")
+def _leaf_sq(p, g, stacked):
+    """(sum p^2, sum g^2) over a leaf, per layer of a stacked leaf ((k,) each) else scalars."""
+    keep = 1 if stacked else 0
+    axes = list(range(keep, p.ndim))
+    if not axes:
+        return jnp.square(p), jnp.square(g)
+    return _sums(jnp.square(p), jnp.square(g), axes=axes)
+
+
+def _is_bias(path) -> bool:
+    last = path[-1] if path else None
+    key = getattr(last, "key", getattr(last, "name", None))
+    return isinstance(key, str) and key in BIAS_NAMES
+
+
+@_jit_probe
 def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
-    """Exact per-layer gradient norms of an MLP at ``params``, from one forward/backward pass.
-
-    The pre-activation gradients come from ``jax.grad`` with respect to an explicit zero
-    perturbation added to every ``z^l``; scaling by the batch size turns the gradient of the mean
-    loss into each example's own ``dC_x/dz^l_x``.
+    """Exact per-layer gradient norms of any model at ``params``, from one backward pass.
 
     Args:
-      model: an MLP built by :func:`gradflow.mlp`.
+      model: a :class:`gradflow.Model` (built-in, ``gf.from_apply``, Flax, Equinox).
       params: its parameters (one seed).
-      x: inputs, shape (batch, n_0).
-      y: integer labels (batch,) or targets (batch, n_L).
+      x: inputs, shape (batch, ...). y: integer labels (batch,) or targets shaped like the output.
       loss: ``"mse"``, ``"xent"`` or ``"sigmoid_xent"``.
 
     Returns:
-      :class:`LayerGradNorms`, each field of shape (L,).
+      :class:`LayerGradNorms`: per-layer fields of shape (L,), per-tap fields of shape (T,).
 
     References:
       Nielsen 2015, *Neural Networks and Deep Learning*, ch. 5; Glorot & Bengio 2010.
     """
-    loss_fn = get_loss(loss)
-    config = model.config
-    batch = x.shape[0]
-    zeros = [jnp.zeros((batch, n), x.dtype) for n in config.widths[1:]]
+    value, g_params, g_taps, values, records, specs = backward(model, params, x, y, loss)
+    groups = model.groups(params, x)
+    flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
+    flat_g = jax.tree.leaves(g_params)
 
-    def batch_loss(params, perturb):
-        out, _, inputs = mlp_forward(config, params, x, perturb)
-        return jnp.mean(loss_fn(out, y)), inputs
-
-    (value, inputs), (g_params, g_z) = jax.value_and_grad(batch_loss, argnums=(0, 1), has_aux=True)(
-        params, zeros
+    rows = {k: [] for k in ("w", "gw", "b", "gb", "wpe")}
+    names, nan = [], jnp.full((), jnp.nan, x.dtype)
+    for group in groups:
+        k = len(group.names)
+        zero = jnp.zeros((k,) if group.stacked else (), x.dtype)
+        acc = {"w": zero, "gw": zero, "b": zero, "gb": zero}
+        has_bias = False
+        for i in group.leaves:
+            path, p = flat_p[i]
+            p_sq, g_sq = _leaf_sq(p, flat_g[i], group.stacked)
+            kind = "b" if _is_bias(path) else "w"
+            has_bias |= kind == "b"
+            acc[kind] = acc[kind] + p_sq
+            acc["g" + kind] = acc["g" + kind] + g_sq
+        if not has_bias:
+            acc["gb"] = jnp.full_like(acc["gb"], jnp.nan)
+        wpe = []
+        for name in group.names:
+            rec, spec = records.get(f"{name}/input_sq"), specs.get(name)
+            if rec is None or spec is None:
+                wpe.append(nan)
+                continue
+            (d_sq,) = _example_sums([jnp.square(g_taps[name])], spec.batch_axis)
+            wpe.append(jnp.sqrt(jnp.mean(rec * d_sq)))
+        rows["wpe"].append(jnp.stack(wpe))
+        for key in ("w", "gw", "b", "gb"):
+            rows[key].append(jnp.reshape(acc[key], (k,)))
+        names.extend(group.names)
+    cat = lambda key: (  # noqa: E731
+        jnp.concatenate(rows[key]) if rows[key] else jnp.zeros((0,), x.dtype)
     )
-    # Every statistic is a sum of squares (or a count): per-example (or per-row) sums first,
-    # then one small reduction per layer, see _row_sums.
-    per_example, weight_sq = [], []
-    for a, g, p, gp in zip(inputs, g_z, params, g_params, strict=True):
-        d = batch * g  # dC_x/dz^l_x, (batch, n_l)
-        d_sq, n_zero = _row_sums(jnp.square(d), (d == 0).astype(d.dtype))  # (batch,)
-        (a_sq,) = _row_sums(jnp.square(a))
-        per_example += [d_sq, a_sq * d_sq, n_zero]
-        weight_sq.append(_totals([*_row_sums(jnp.square(p["w"]), jnp.square(gp["w"]))]))
-    d_sq, wpe_sq, n_zero = jnp.reshape(_totals(per_example), (-1, 3)).T  # (L,) each
-    weight_norms, weights = jnp.sqrt(jnp.stack(weight_sq)).T
-    sizes = jnp.asarray([batch * n for n in config.widths[1:]], d_sq.dtype)
+    w_sq, gw_sq, b_sq, gb_sq = cat("w"), cat("gw"), cat("b"), cat("gb")
+    weights = jnp.sqrt(gw_sq)
+    weight_norms = jnp.sqrt(w_sq)
+
+    hidden, zeros = [], []
+    for name, spec in specs.items():
+        d = g_taps[name]
+        d_sq, n_zero = _example_sums([jnp.square(d), (d == 0).astype(d.dtype)], spec.batch_axis)
+        hidden.append(jnp.sqrt(jnp.mean(d_sq)))
+        zeros.append(jnp.sum(n_zero) / d.size)
+    stack = lambda v: jnp.stack(v) if v else jnp.zeros((0,), x.dtype)  # noqa: E731
+    n_layers = len(names)
     return LayerGradNorms(
+        params=jnp.sqrt(gw_sq + jnp.nan_to_num(gb_sq)),
         weights=weights,
-        biases=jnp.stack([jnp.sqrt(jnp.sum(jnp.square(g["b"]))) for g in g_params]),
-        preacts=jnp.sqrt(d_sq / batch),
-        weights_per_example=jnp.sqrt(wpe_sq / batch),
+        biases=jnp.sqrt(gb_sq),
+        weights_per_example=cat("wpe"),
         weight_norms=weight_norms,
+        param_norms=jnp.sqrt(w_sq + b_sq),
         update_ratio=weights / weight_norms,
-        zero_fraction=n_zero / sizes,
-        loss=jnp.full((len(params),), value),
+        hidden=stack(hidden),
+        zero_fraction=stack(zeros),
+        loss=jnp.full((n_layers,), value),
+        names=tuple(names),
+        hidden_names=tuple(specs),
     )
 
 
-@_jit_probe()
+@_jit_probe
 def preact_grads(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
-    """Per-example gradients w.r.t. the probed hidden variables: ``[dC_x/dz^l_x]``.
+    """Per-example gradients at every tap: ``{name: dC_x/dh_x}``, batch on axis 0.
 
-    Returns a pytree with the structure of ``model.forward``'s hidden output (for an MLP, a list
-    of L arrays of shape (batch, n_l); for an RNN, (batch, time, n_hidden)).
+    For the built-in MLP the taps are the pre-activations: ``{"layer1": (batch, n_1), ...}``;
+    for an RNN, ``{"rnn/h": (batch, time, n_hidden)}``.
     """
-    loss_fn = get_loss(loss)
-    batch = x.shape[0]
-    hidden_shape = jax.eval_shape(lambda p: model.forward(p, x)[1], params)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), hidden_shape)
-
-    def batch_loss(perturb):
-        return jnp.mean(loss_fn(model.forward(params, x, perturb)[0], y))
-
-    return jax.tree.map(lambda g: batch * g, jax.grad(batch_loss)(zeros))
+    _, _, g_taps, _, _, specs = backward(model, params, x, y, loss)
+    return {n: jnp.moveaxis(g_taps[n], s.batch_axis, 0) for n, s in specs.items()}
 
 
-@_jit_probe(RNNConfig, "time_grad_norms needs an RNN or LSTM; use layer_grad_norms for an MLP")
+@_jit_probe
 def time_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
     """Gradient norm w.r.t. a recurrent net's state at every time step (vanishing through time).
 
     Args:
-      model: an RNN or LSTM (:func:`gradflow.rnn`, :func:`gradflow.lstm`).
-      params: its parameters. x: (batch, time, n_in). y: labels (batch,) or targets (batch, n_out).
-      loss: loss name; it is applied to the output read from the last hidden state h_T.
+      model: a model with a recurrent layer (:func:`gradflow.rnn`, :func:`gradflow.lstm`, or
+        :func:`gradflow.recurrent.recurrent` in a serial): its taps with ``role="state"``
+        (and ``"cell"``) of shape (batch, time, n).
+      params: its parameters. x: (batch, time, n_in). y: labels (batch,) or targets.
+      loss: loss name, applied to the model's output.
 
     Returns:
       :class:`TimeGradNorms` with fields of shape (time,).
 
     References: Bengio, Simard & Frasconi 1994; Pascanu, Mikolov & Bengio 2013.
     """
-    loss_fn = get_loss(loss)
-    batch, time = x.shape[:2]
-    zeros = jnp.zeros((batch, time, model.config.n_hidden), x.dtype)
-    perturb = {"h": zeros, "c": zeros} if model.config.cell == "lstm" else zeros
+    value, _, g_taps, _, _, specs = backward(model, params, x, y, loss)
+    roles = {dict(s.meta).get("role"): n for n, s in specs.items()}
+    if "state" not in roles:
+        raise ValueError(
+            "time_grad_norms needs a recurrent model (gf.rnn, gf.lstm); use layer_grad_norms "
+            "for feed-forward models"
+        )
 
-    def batch_loss(perturb):
-        return jnp.mean(loss_fn(model.forward(params, x, perturb)[0], y))
+    def rms(g):
+        return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(g), axis=-1), axis=0))
 
-    value, g = jax.value_and_grad(batch_loss)(perturb)
-    rms = lambda g: jnp.sqrt(jnp.mean(jnp.sum(jnp.square(batch * g), axis=-1), axis=0))  # noqa: E731
-    if model.config.cell == "lstm":
-        hidden, cell = rms(g["h"]), rms(g["c"])
-    else:
-        hidden, cell = rms(g), jnp.zeros((time,), x.dtype)
-    return TimeGradNorms(hidden=hidden, cell=cell, loss=jnp.full((time,), value))
+    hidden = rms(g_taps[roles["state"]])
+    cell = rms(g_taps[roles["cell"]]) if "cell" in roles else jnp.zeros_like(hidden)
+    return TimeGradNorms(hidden=hidden, cell=cell, loss=jnp.full(hidden.shape, value))

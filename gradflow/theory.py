@@ -30,75 +30,15 @@ import numpy as np
 from numpy.polynomial.legendre import leggauss
 from scipy import optimize, special
 
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_SCALE = 1.0507009873554804934193349852946
-_LEAKY_SLOPE = 0.01  # models.ACTIVATIONS["leaky_relu"]
-_ERF_C = 2 / math.sqrt(math.pi)
+from gradflow.activations import ACTIVATIONS, _pdf
 
-
-def _pdf(x):
-    return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-
-
-def _two(x, ap, am):
-    # signbit, not x < 0: at q = 0 the half-line nodes are +0.0 and -0.0, so each half sees its
-    # own one-sided slope and the q -> 0 limit of a kinked phi comes out exact.
-    a = np.where(np.signbit(x), am, ap)
-    return a * x, a + 0 * x, 0 * x
-
-
-def _sigmoid(x):
-    s = special.expit(x)
-    return s, s * (1 - s), s * (1 - s) * (1 - 2 * s)
-
-
-def _tanh(x):
-    t = np.tanh(x)
-    return t, 1 - t * t, -2 * t * (1 - t * t)
-
-
-def _gelu(x):
-    p, cdf = _pdf(x), special.ndtr(x)
-    return x * cdf, cdf + x * p, p * (2 - x * x)
-
-
-def _selu(x):
-    e = _SELU_SCALE * _SELU_ALPHA * np.exp(np.minimum(x, 0.0))  # minimum: no overflow warning
-    neg = np.signbit(x)
-    return (
-        np.where(neg, e - _SELU_SCALE * _SELU_ALPHA, _SELU_SCALE * x),
-        np.where(neg, e, _SELU_SCALE),
-        np.where(neg, e, 0.0),
-    )
-
-
-def _softplus(x):
-    s = special.expit(x)
-    return np.logaddexp(0.0, x), s, s * (1 - s)
-
-
-def _erf(x):
-    d = _ERF_C * np.exp(-x * x)
-    return special.erf(x), d, -2 * x * d
-
-
-PHI = {
-    "sigmoid": _sigmoid,
-    "tanh": _tanh,
-    "relu": lambda x: _two(x, 1.0, 0.0),
-    "leaky_relu": lambda x: _two(x, 1.0, _LEAKY_SLOPE),
-    "gelu": _gelu,
-    "selu": _selu,
-    "softplus": _softplus,
-    "erf": _erf,
-    "linear": lambda x: _two(x, 1.0, 1.0),
-}
-"""Name (as in models.ACTIVATIONS) -> numpy ``f(x) -> (phi(x), phi'(x), phi''(x))``."""
+PHI = {name: a.numpy for name, a in ACTIVATIONS.items()}
+"""Name (as in :data:`gradflow.activations.ACTIVATIONS`) -> numpy ``f(x) -> (phi, phi', phi'')``."""
 
 # (a+, a-) of the two-slope phi(x) = a+ x (x > 0), a- x (x < 0) with closed forms, and the slopes
-# each unbounded phi approaches as q -> inf.
-_TWO_SLOPE = {"linear": (1.0, 1.0), "relu": (1.0, 0.0), "leaky_relu": (1.0, _LEAKY_SLOPE)}
-_ASYMPTOTIC = {**_TWO_SLOPE, "gelu": (1.0, 0.0), "softplus": (1.0, 0.0), "selu": (_SELU_SCALE, 0.0)}
+# each unbounded phi approaches as q -> inf (both from the one activation table).
+_TWO_SLOPE = {n: a.two_slope for n, a in ACTIVATIONS.items() if a.two_slope is not None}
+_ASYMPTOTIC = {n: a.asymptotic for n, a in ACTIVATIONS.items() if a.asymptotic is not None}
 
 
 def _graded(n, radius=11.0):  # radius 11: the Gaussian tail beyond is below 1e-24

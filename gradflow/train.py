@@ -21,12 +21,13 @@ import jax.numpy as jnp
 import optax
 
 from gradflow.losses import get_loss
-from gradflow.models import MLPConfig, Model, mlp_forward
-from gradflow.probes import LayerGradNorms, layer_grad_norms, validate
+from gradflow.models import Model
+from gradflow.probes import LayerGradNorms, _is_bias, layer_grad_norms, validate
 
 
 def _weights_mask(params):
-    return [{"w": True, "b": False} for _ in params]
+    # Weights only: every leaf not named as a bias (probes.BIAS_NAMES), in any pytree.
+    return jax.tree_util.tree_map_with_path(lambda path, _: not _is_bias(path), params)
 
 
 def gd_optimizer(learning_rate, weight_decay: float = 0.0) -> optax.GradientTransformation:
@@ -58,8 +59,8 @@ def train_trajectory(
     """Per-layer gradient norms along ``steps`` full-batch gradient-descent steps on ``(x, y)``.
 
     Args:
-      model: an MLP. params: its initial parameters (one seed).
-      x: inputs (batch, n_0). y: labels (batch,) or targets (batch, n_L).
+      model: any :class:`gradflow.Model`. params: its initial parameters (one seed).
+      x: inputs (batch, ...). y: labels (batch,) or targets shaped like the output.
       loss: loss name (as in :func:`gradflow.layer_grad_norms`).
       steps: number of gradient-descent steps (static).
       learning_rate: step size; may be traced (a sweep ``hyper``/``grid`` value).
@@ -69,17 +70,14 @@ def train_trajectory(
       :class:`LayerGradNorms` whose fields have shape (steps + 1, L): record t is measured at the
       parameters after t steps (record 0: the initialisation), with ``loss`` the data loss there.
     """
-    if not isinstance(model.config, MLPConfig):
-        raise ValueError("train_trajectory needs an MLP built by gradflow.mlp")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     validate(model, x, y, loss)
     loss_fn = get_loss(loss)
-    config = model.config
     optimizer = gd_optimizer(learning_rate, weight_decay)
 
     def batch_loss(params):
-        return jnp.mean(loss_fn(mlp_forward(config, params, x)[0], y))
+        return jnp.mean(loss_fn(model.apply(params, x), y))
 
     def step(carry, _):
         params, opt_state = carry

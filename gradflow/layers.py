@@ -1,0 +1,509 @@
+"""Layers: each one record that knows its init, its apply and its Jacobian; ``serial`` composes them.
+
+In the spirit of stax's (init, apply) pairs and neural-tangents' per-layer rules, a
+:class:`Layer` is a NamedTuple of pure functions over plain pytrees:
+
+* ``init(key, in_shape, hyper) -> params`` (``in_shape`` is one example's shape; ``hyper`` holds
+  traced overrides such as ``sigma_w2`` for grid sweeps);
+* ``apply(params, x) -> y`` for a batch ``x`` of shape ``(batch, *in_shape)``;
+* ``jac(params, x1)``: the Jacobian ``dy/dx`` of one example (shape ``(out_size, in_size)``, or a
+  :class:`Diag` for elementwise layers), in closed form where one exists, else ``jax.jacfwd``.
+
+:func:`serial` runs a list of layers. A run of two or more identical layers (same structure and
+same input shape, shape-preserving, holding parameters) executes as one ``lax.scan`` with its
+parameters stacked along a leading axis, so compile time does not grow with depth; taps inside the
+run become one tap per layer (:func:`gradflow.taps.scanned`). The parameters of a serial are a
+list with one entry per *segment*: a single layer's params, or a run's params stacked.
+
+Naming: a child of a serial is named ``child.name`` or ``f"{kind}{index}"``. A child's name
+becomes part of the layer (parameter group) and tap names below it when the serial has two or
+more children holding parameters; an only child holding parameters is named by its parent. So in
+``gf.mlp`` the block ``layer3 = serial(dense, mark, activation)`` gives the group ``"layer3"`` and
+the tap ``"layer3"``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradflow import activations, inits, rng, taps
+
+
+class Diag(NamedTuple):
+    """A diagonal Jacobian stored as its diagonal, shape (n,)."""
+
+    d: jax.Array
+
+
+class Layer(NamedTuple):
+    """One layer: a record of pure functions (see the module docstring).
+
+    Attributes:
+      kind: "dense", "activation", "serial", ... (the default name prefix).
+      init: ``init(key, in_shape, hyper) -> params`` (None for layers without parameters).
+      apply: ``apply(params, x) -> y``, x batched along axis 0.
+      out_shape: ``out_shape(in_shape) -> out_shape`` (one example's shapes).
+      spec: hashable structure without the name: equal specs and input shapes mean equal
+        computations up to the parameter values (what a scanned run needs).
+      name: the layer's name in its parent serial, or None for the default.
+      has_params: whether ``init`` returns arrays.
+      jac: ``jac(params, x1) -> (out_size, in_size) array | Diag`` for one example, or None
+        (then :func:`jacobian` uses ``jax.jacfwd``).
+      apply_fm: ``apply`` in the feature-major layout (x of shape (n, batch)), or None if the
+        layer does not support it (see :func:`serial`'s ``feature_major``).
+      walk: ``walk(params, x1, step, state) -> (y1, state)`` for containers (see :func:`walk`).
+      children: the sublayers of a container.
+    """
+
+    kind: str
+    init: Callable | None
+    apply: Callable
+    out_shape: Callable
+    spec: tuple
+    name: str | None = None
+    has_params: bool = False
+    jac: Callable | None = None
+    apply_fm: Callable | None = None
+    walk: Callable | None = None
+    children: tuple = ()
+
+
+def named(layer: Layer, name: str) -> Layer:
+    """``layer`` with its name set (the name of its parameter group and taps in a serial)."""
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"a layer name must be a non-empty string without '/', got {name!r}")
+    return layer._replace(name=name)
+
+
+def _same(shape):
+    return tuple(shape)
+
+
+def _bias_shape(b, ndim):
+    return b.reshape((1,) * (ndim - 1) + b.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Dense, activation, mark (tap), residual
+
+
+def dense(
+    n_out: int,
+    init: str = "lecun",
+    *,
+    sigma_w2: float | None = None,
+    sigma_b2: float | None = None,
+    transposed: bool = False,
+    name: str | None = None,
+) -> Layer:
+    """``y = x W + b`` on the last axis; ``W: (n_in, n_out)``, ``b: (n_out,)``.
+
+    Args:
+      n_out: output features. init: a name in :data:`gradflow.inits.INITS`.
+      sigma_w2, sigma_b2: variances for ``init="gaussian"``/``"orthogonal"``; ``hyper``
+        overrides of the same names (traced) take precedence in ``init``.
+      transposed: draw W in the memory order of W^T (same numbers; what a feature-major
+        forward pass reads, see :func:`serial`).
+
+    Jacobian: ``dy/dx = W^T`` (closed form).
+    """
+    inits.check_init(init)
+    sw2, sb2 = inits.check_sigmas(init, sigma_w2, sigma_b2)
+    sweepable = init in ("gaussian", "orthogonal")
+
+    def init_fn(key, in_shape, hyper):
+        w2 = hyper.get("sigma_w2", sw2) if sweepable else sw2
+        b2 = hyper.get("sigma_b2", sb2) if sweepable else sb2
+        return inits.init_dense(key, in_shape[-1], n_out, init, w2, b2, transposed=transposed)
+
+    def apply(params, x):
+        y = jnp.tensordot(x, params["w"], axes=1)
+        return y + _bias_shape(params["b"], y.ndim)
+
+    def apply_fm(params, x):  # x: (n_in, batch) -> (n_out, batch)
+        return params["w"].T @ x + params["b"][:, None]
+
+    def out_shape(in_shape):
+        return (*in_shape[:-1], n_out)
+
+    def jac(params, x1):
+        if x1.ndim != 1:
+            return jax.jacfwd(lambda v: apply(params, v[None])[0])(x1).reshape(-1, x1.size)
+        return params["w"].T
+
+    return Layer(
+        "dense", init_fn, _recording(apply), out_shape,
+        ("dense", n_out, init, sw2, sb2, transposed), name, True, jac, _recording_fm(apply_fm),
+    )  # fmt: skip
+
+
+def _recording(apply):
+    """Dense apply that records each example's squared input norm under a probe, so that the
+    per-example weight gradient ``||a_x (dC_x/dz_x)^T||_F = ||a_x|| ||dC_x/dz_x||`` is exact
+    and cheap (see :func:`gradflow.probes.layer_grad_norms`)."""
+
+    def run(params, x):
+        if taps.active():
+            axes = tuple(range(1, x.ndim))
+            taps.record("input_sq", jnp.sum(jnp.square(x), axis=axes))
+        return apply(params, x)
+
+    return run
+
+
+def _recording_fm(apply_fm):
+    def run(params, x):
+        if taps.active():
+            taps.record("input_sq", jnp.sum(jnp.square(x), axis=0))
+        return apply_fm(params, x)
+
+    return run
+
+
+def activation(name: str, *, layer_name: str | None = None) -> Layer:
+    """Elementwise ``phi`` from :data:`gradflow.activations.ACTIVATIONS`; Jacobian diag(phi'(x))."""
+    phi = activations.get(name).fn
+
+    def apply(params, x):
+        return phi(x)
+
+    def jac(params, x1):
+        return Diag(activations.derivative(name, x1.reshape(-1))[1])
+
+    return Layer(
+        "activation", None, apply, _same, ("activation", name), layer_name, False, jac, apply
+    )
+
+
+def mark(name: str = "", **meta) -> Layer:
+    """A tap as a layer: ``gf.tap(x, name, **meta)`` (identity; the probes differentiate here).
+
+    An empty name takes the enclosing layer's name (see the module docstring).
+    """
+
+    def apply(params, x):
+        return taps.tap(x, name, **meta)
+
+    def apply_fm(params, x):
+        return taps.tap(x, name, batch_axis=-1, **meta)
+
+    def jac(params, x1):
+        return Diag(jnp.ones((x1.size,), x1.dtype))
+
+    spec = ("mark", name, tuple(sorted(meta.items())))
+    return Layer("mark", None, apply, _same, spec, None, False, jac, apply_fm)
+
+
+def residual(branch: Layer, scale: float = 1.0, *, name: str | None = None) -> Layer:
+    """``y = x + scale * branch(x)``; e.g. ``scale = 1/sqrt(depth)`` keeps a deep stack stable.
+
+    Jacobian: ``I + scale * J_branch`` (the branch's Jacobian formed from its own layers').
+    """
+    scale = float(scale)
+
+    def init_fn(key, in_shape, hyper):
+        return branch.init(key, in_shape, hyper) if branch.has_params else None
+
+    def apply(params, x):
+        return x + scale * branch.apply(params, x)
+
+    def apply_fm(params, x):
+        return x + scale * branch.apply_fm(params, x)
+
+    def out_shape(in_shape):
+        out = branch.out_shape(in_shape)
+        if tuple(out) != tuple(in_shape):
+            raise ValueError(
+                f"residual branch maps shape {tuple(in_shape)} to {tuple(out)}; a residual "
+                "branch must keep the shape"
+            )
+        return tuple(in_shape)
+
+    def jac(params, x1):
+        jb = jacobian(branch, params, x1)
+        eye = jnp.eye(x1.size, dtype=x1.dtype)
+        return eye + scale * (jnp.diag(jb.d) if isinstance(jb, Diag) else jb)
+
+    return Layer(
+        "residual", init_fn if branch.has_params else None, apply, out_shape,
+        ("residual", scale, branch.spec), name, branch.has_params, jac,
+        apply_fm if branch.apply_fm is not None else None, None, (branch,),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Jacobians
+
+
+def jacobian(layer: Layer, params, x1: jax.Array):
+    """``dy/dx`` of one example ``x1`` (unbatched): ``layer.jac`` or ``jax.jacfwd``.
+
+    Returns: an array (out_size, in_size) or a :class:`Diag`.
+    """
+    if layer.walk is not None:
+        return _dense_chain(layer, params, x1)
+    if layer.jac is not None:
+        return layer.jac(params, x1)
+    j = jax.jacfwd(lambda v: layer.apply(params, v[None])[0])(x1)
+    return j.reshape(-1, x1.size)
+
+
+def _dense_chain(layer: Layer, params, x1):
+    def step(prod, j):
+        if prod is None:
+            return j if not isinstance(j, Diag) else jnp.diag(j.d)
+        return j.d[:, None] * prod if isinstance(j, Diag) else j @ prod
+
+    eye = jnp.eye(x1.size, dtype=x1.dtype)
+    _, prod = walk(layer, params, x1, step, eye)
+    return prod
+
+
+def _leaf_walk(layer, params, x1, step, state):
+    j = jacobian(layer, params, x1)
+    return layer.apply(params, x1[None])[0], step(state, j)
+
+
+def walk(layer: Layer, params, x1: jax.Array, step: Callable, state: Any):
+    """Run one example through ``layer``, ``state = step(state, J)`` at every leaf layer.
+
+    ``J`` is the leaf's Jacobian (array (out, in) or :class:`Diag`); scanned runs of a serial
+    walk as one ``lax.scan``, so depth costs no compile time. Containers other than serial
+    (residual) are leaves with their own closed-form Jacobian.
+
+    Returns: ``(y1, state)``.
+    """
+    if layer.walk is not None:
+        return layer.walk(params, x1, step, state)
+    return _leaf_walk(layer, params, x1, step, state)
+
+
+# --------------------------------------------------------------------------------------------
+# serial
+
+
+class Segment(NamedTuple):
+    """Children ``start..stop-1`` of a serial: one layer, or a scanned run (two or more)."""
+
+    start: int
+    stop: int
+    in_shape: tuple[int, ...]
+
+    @property
+    def scanned(self) -> bool:
+        return self.stop - self.start > 1
+
+
+def serial(*layers: Layer, name: str | None = None, scan: bool = True) -> Layer:
+    """Compose layers: ``y = layers[-1](...layers[0](x))``.
+
+    Args:
+      *layers: the layers, in order.
+      name: this serial's name in a parent serial.
+      scan: run each run of two or more identical parameterised layers as one ``lax.scan``
+        (default); False applies every layer on its own (params: one entry per layer).
+
+    Returns:
+      A :class:`Layer` whose params are a list with one entry per segment (see
+      :func:`segments`): a layer's params (None for layers without), or a run's params stacked
+      along a new leading axis.
+    """
+    layers = tuple(layers)
+    if not layers or not all(isinstance(l, Layer) for l in layers):
+        raise ValueError("serial takes one or more gf layers (gradflow.layers.*)")
+    names = tuple(l.name or f"{l.kind}{i}" for i, l in enumerate(layers))
+    if len(set(names)) != len(names):
+        raise ValueError(f"serial's layer names must be unique, got {list(names)}")
+    with_params = [i for i, l in enumerate(layers) if l.has_params]
+    visible = len(with_params) > 1  # names of children holding params enter group/tap names
+    segs = functools.lru_cache(maxsize=64)(
+        lambda in_shape: tuple(_segments(layers, in_shape, scan))
+    )
+
+    def scope_name(i):
+        return names[i] if visible and layers[i].has_params else None
+
+    def init_fn(key, in_shape, hyper):
+        keys = {}
+        if len(with_params) == 1:
+            keys[with_params[0]] = key
+        elif with_params:
+            split = rng.split(key, len(with_params))
+            keys = {i: split[j] for j, i in enumerate(with_params)}
+        params = []
+        for s in segs(tuple(in_shape)):
+            child = layers[s.start]
+            if not child.has_params:
+                continue
+            elif s.scanned:
+                run_keys = jnp.stack([keys[i] for i in range(s.start, s.stop)])
+                draw = lambda k, c=child, sh=s: c.init(k, sh.in_shape, hyper)  # noqa: E731
+                params.append(jax.vmap(draw)(run_keys))
+            else:
+                params.append(child.init(keys[s.start], s.in_shape, hyper))
+        return _pack(params, segs(tuple(in_shape)), layers)
+
+    def run(params, x, fm):
+        in_shape = tuple(x.shape[:-1] if fm else x.shape[1:])
+        if fm:
+            in_shape = in_shape[::-1]
+        seg_list = segs(in_shape)
+        for s, p in zip(seg_list, _unpack(params, seg_list, layers), strict=True):
+            child = layers[s.start]
+            fn = child.apply_fm if fm else child.apply
+            if s.scanned:
+                run_names = [names[i] for i in range(s.start, s.stop)]
+                x = taps.scanned(fn, x, p, run_names)
+            else:
+                with taps.scope(scope_name(s.start)):
+                    x = fn(p, x)
+        return x
+
+    def apply(params, x):
+        return run(params, x, False)
+
+    def apply_fm(params, x):
+        return run(params, x, True)
+
+    def out_shape(in_shape):
+        shape = tuple(in_shape)
+        for l in layers:
+            shape = tuple(l.out_shape(shape))
+        return shape
+
+    def walk_fn(params, x1, step, state):
+        seg_list = segs(tuple(x1.shape))
+        for s, p in zip(seg_list, _unpack(params, seg_list, layers), strict=True):
+            child = layers[s.start]
+            if s.scanned:
+
+                def body(carry, p_i, child=child):
+                    return walk(child, p_i, carry[0], step, carry[1]), None
+
+                (x1, state), _ = jax.lax.scan(body, (x1, state), p)
+            else:
+                x1, state = walk(child, p, x1, step, state)
+        return x1, state
+
+    fm_ok = all(l.apply_fm is not None for l in layers)
+    spec = ("serial", scan, tuple(l.spec for l in layers))
+    return Layer(
+        "serial", init_fn if with_params else None, apply, out_shape, spec, name,
+        bool(with_params), None, apply_fm if fm_ok else None, walk_fn, layers,
+    )  # fmt: skip
+
+
+def _single(seg_list, layers) -> bool:
+    """Whether exactly one unscanned segment holds parameters (its params are the serial's)."""
+    held = [s for s in seg_list if layers[s.start].has_params]
+    return len(held) == 1 and not held[0].scanned
+
+
+def _pack(params: list, seg_list, layers):
+    return params[0] if _single(seg_list, layers) else params
+
+
+def _unpack(params, seg_list, layers) -> list:
+    """One entry per segment (None for segments without parameters)."""
+    held = [s for s in seg_list if layers[s.start].has_params]
+    if _single(seg_list, layers):
+        params = [params]
+    elif not isinstance(params, (list, tuple)) or len(params) != len(held):
+        got = len(params) if isinstance(params, (list, tuple)) else type(params).__name__
+        raise ValueError(
+            f"params do not match this serial: expected a list of {len(held)} entries (one per "
+            f"layer or scanned run holding parameters), got {got}; pass what model.init returned"
+        )
+    it = iter(params)
+    return [next(it) if layers[s.start].has_params else None for s in seg_list]
+
+
+def segments(layers: tuple[Layer, ...], in_shape, scan: bool = True) -> list[Segment]:
+    """Split ``layers`` into segments for input shape ``in_shape`` (one example)."""
+    return _segments(tuple(layers), tuple(in_shape), scan)
+
+
+def _segments(layers, in_shape, scan):
+    out, shape, i = [], tuple(in_shape), 0
+    while i < len(layers):
+        layer = layers[i]
+        stop = i + 1
+        out_shape = tuple(layer.out_shape(shape))
+        if scan and layer.has_params and out_shape == shape:
+            while stop < len(layers) and layers[stop].spec == layer.spec:
+                stop += 1
+        out.append(Segment(i, stop, shape))
+        for _ in range(i, stop):
+            shape = out_shape
+        i = stop
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter groups of a gf layer composition
+
+
+class Group(NamedTuple):
+    """One layer's parameters for the probes: its name(s) and the params paths below it.
+
+    ``names`` has one entry, or k for a scanned run (whose leaves have a leading axis of k).
+    ``path`` locates the layer's params subtree (a tuple of list indices / dict keys).
+    """
+
+    names: tuple[str, ...]
+    path: tuple
+    stacked: bool
+
+
+def param_groups(layer: Layer, in_shape, prefix: tuple[str, ...] = ("",)) -> list[Group]:
+    """The parameter groups (one per layer holding parameters) of ``layer`` for ``in_shape``.
+
+    Leaf layers holding parameters are one group each, named by the names of the containers
+    above them (see the module docstring); a scanned run gives one stacked group per group of
+    its layer, with one name per layer of the run.
+    """
+    groups = _groups(layer, tuple(in_shape), list(prefix), (), False)
+    return [g._replace(names=tuple(n or layer.kind for n in g.names)) for g in groups]
+
+
+def _join(prefix: str, name: str | None) -> str:
+    if not name:
+        return prefix
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _groups(layer, in_shape, prefixes, path, stacked):
+    if not layer.has_params:
+        return []
+    if layer.kind == "residual":
+        return _groups(layer.children[0], in_shape, prefixes, path, stacked)
+    if layer.walk is None or not layer.children:  # a leaf holding parameters
+        return [Group(tuple(prefixes), path, stacked)]
+    children = layer.children
+    names = tuple(c.name or f"{c.kind}{i}" for i, c in enumerate(children))
+    visible = sum(c.has_params for c in children) > 1
+    scan = layer.spec[1]
+    out = []
+    seg_list = _segments(children, in_shape, scan)
+    single = _single(seg_list, children)
+    held = [s for s in seg_list if children[s.start].has_params]
+    for j, s in enumerate(held):
+        child = children[s.start]
+        sub_path = path if single else (*path, j)
+        if s.scanned:
+            if stacked:
+                raise ValueError("a scanned run inside a scanned run is not supported")
+            run = [[_join(p, names[i]) for i in range(s.start, s.stop)] for p in prefixes]
+            sub = _groups(child, s.in_shape, [""], sub_path, True)
+            for g in sub:
+                full = tuple(_join(r, g.names[0]) for rs in run for r in rs)
+                out.append(Group(full, g.path, True))
+        else:
+            child_prefixes = [_join(p, names[s.start] if visible else None) for p in prefixes]
+            out.extend(_groups(child, s.in_shape, child_prefixes, sub_path, stacked))
+    return out

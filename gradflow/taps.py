@@ -1,0 +1,287 @@
+"""Taps: mark hidden units inside any ``apply`` for the probes.
+
+``h = gf.tap(h, "block3")`` is the identity function, except while a probe traces the model: then
+it adds an explicit zero perturbation ``p`` to ``h`` and records ``h``. ``jax.grad`` of the batch
+loss with respect to ``p`` is exactly ``dC/dh`` at every tap, all from the one backward pass that
+also gives the parameter gradients (the zero-perturbation trick). Outside a probe a tap costs one
+Python call at trace time and nothing at run time.
+
+The state lives in a stack of frames that exists only while a probe traces (never while a
+compiled program runs), so it cannot leak between calls. A ``lax.scan`` over identical layers
+(:func:`gradflow.layers.serial`) pushes a :class:`ScanFrame`: the taps of its body become stacked
+taps, one per iteration, with per-iteration zero perturbations passed as the scan's inputs.
+
+Limitation: a tap inside a user's own ``lax.scan``/``fori_loop`` body is traced once but runs many
+times; the probe would see one perturbation shared by all iterations. Tap the stacked outputs after
+the loop instead (or build the loop from :func:`gradflow.layers.serial`, which scans for you).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+_state = threading.local()
+
+
+class TapSpec(NamedTuple):
+    """What discovery learned about one tap: its full name, shape, dtype and metadata."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: Any
+    batch_axis: int
+    meta: tuple  # sorted (key, value) pairs, e.g. (("activation", "tanh"),)
+
+
+def _frames() -> list:
+    if not hasattr(_state, "frames"):
+        _state.frames = []
+    return _state.frames
+
+
+def _top():
+    frames = _frames()
+    return frames[-1] if frames else None
+
+
+def active() -> bool:
+    """Whether a probe is tracing (taps do something)."""
+    return _top() is not None
+
+
+@contextlib.contextmanager
+def _push(frame):
+    frames = _frames()
+    frames.append(frame)
+    try:
+        yield frame
+    finally:
+        frames.pop()
+
+
+@contextlib.contextmanager
+def scope(name: str | None):
+    """Prefix the names of taps and records made inside with ``name/`` (no-op outside probes)."""
+    frame = _top()
+    if frame is None or not name:
+        yield
+        return
+    frame.prefix.append(name)
+    try:
+        yield
+    finally:
+        frame.prefix.pop()
+
+
+def _full(frame, name: str) -> str:
+    parts = [*frame.prefix, name] if name else list(frame.prefix)
+    return "/".join(p for p in parts if p)
+
+
+def tap(h: jax.Array, name: str = "", *, batch_axis: int = 0, **meta) -> jax.Array:
+    """Mark ``h`` as hidden units called ``name``: identity, except under a probe.
+
+    Args:
+      h: an array whose axis ``batch_axis`` indexes the examples (e.g. (batch, n) or
+        (batch, seq, d)).
+      name: unique within one call of ``apply`` (a name used twice is an error under a probe).
+        Inside :func:`gradflow.layers.serial` names are prefixed with the enclosing layers' names.
+      batch_axis: the example axis of ``h`` (per-example gradient norms reduce over the others).
+      **meta: static facts about these units the diagnosis may use (e.g. ``activation="tanh"``:
+        the units are pre-activations of tanh).
+
+    Returns:
+      ``h`` (plus a zero perturbation while a probe differentiates with respect to it).
+    """
+    frame = _top()
+    if frame is None:
+        return h
+    if not isinstance(name, str):
+        raise ValueError(f"tap names must be strings, got {name!r}")
+    full = _full(frame, name)
+    h = jnp.asarray(h)
+    axis = batch_axis % max(h.ndim, 1)
+    spec = TapSpec(full, tuple(h.shape), h.dtype, axis, tuple(sorted(meta.items())))
+    return frame.tap(h, spec)
+
+
+def record(name: str, value: jax.Array) -> None:
+    """Record an auxiliary value under a probe (e.g. a dense layer's per-example input norms)."""
+    frame = _top()
+    if frame is not None:
+        frame.record(_full(frame, name), value)
+
+
+def perturbation(name: str, shape, dtype, *, batch_axis: int = 0, **meta):
+    """For layers that add the perturbation themselves (inside their own ``lax.scan``, as the
+    recurrent cells do at every time step): register a tap of ``shape`` and return its
+    perturbation (zeros during discovery), or None outside a probe. Pair with :func:`set_value`.
+    """
+    frame = _top()
+    if frame is None:
+        return None
+    if isinstance(frame, ScanFrame):
+        raise ValueError(f"tap {name!r}: a recurrent layer inside a scanned run cannot be probed")
+    spec = TapSpec(_full(frame, name), tuple(shape), dtype, batch_axis, tuple(sorted(meta.items())))
+    frame._claim(spec)
+    if frame.perturb is None:
+        return jnp.zeros(spec.shape, dtype)
+    return frame.perturb[spec.name].astype(dtype)
+
+
+def set_value(name: str, value) -> None:
+    """The tapped value of a tap registered by :func:`perturbation`."""
+    frame = _top()
+    if frame is not None:
+        frame.values[_full(frame, name)] = value
+
+
+class ProbeFrame:
+    """The top-level frame of a probe.
+
+    ``perturb is None``: discovery (the taps' specs are collected, ``h`` passes through).
+    Otherwise ``perturb[name]`` is added at tap ``name`` and the tapped values are kept.
+    """
+
+    def __init__(self, perturb: dict | None = None):
+        self.perturb = perturb
+        self.prefix: list[str] = []
+        self.specs: dict[str, TapSpec] = {}
+        self.values: dict[str, jax.Array] = {}
+        self.records: dict[str, jax.Array] = {}
+
+    def _claim(self, spec: TapSpec) -> None:
+        if spec.name in self.specs:
+            raise ValueError(
+                f"tap name {spec.name!r} is used twice in one call of apply; give each "
+                "gf.tap a unique name (e.g. f'block{i}')"
+            )
+        self.specs[spec.name] = spec
+
+    def tap(self, h, spec: TapSpec):
+        self._claim(spec)
+        if self.perturb is not None:
+            h = h + self.perturb[spec.name].astype(h.dtype)
+        self.values[spec.name] = h
+        return h
+
+    def tap_stacked(self, names: list[str], spec: TapSpec):
+        """Register one stacked tap per name (a scanned run); returns the (k, ...) perturbation."""
+        for n in names:
+            self._claim(spec._replace(name=n))
+        if self.perturb is None:
+            return jnp.zeros((len(names), *spec.shape), spec.dtype)
+        return jnp.stack([self.perturb[n] for n in names])
+
+    def set_stacked(self, names: list[str], values: jax.Array, store: dict) -> None:
+        for i, n in enumerate(names):
+            store[n] = values[i]
+
+    def record(self, name: str, value) -> None:
+        self.records[name] = value
+
+
+class ScanFrame:
+    """Collects the taps and records of one scan body (relative names); see :func:`scanned`."""
+
+    def __init__(self, perturb: dict | None, specs: dict[str, TapSpec] | None = None):
+        self.perturb = perturb  # relative name -> this iteration's perturbation
+        self.prefix: list[str] = []
+        self.specs: dict[str, TapSpec] = {} if specs is None else specs
+        self.values: dict[str, jax.Array] = {}
+        self.records: dict[str, jax.Array] = {}
+
+    def tap(self, h, spec: TapSpec):
+        if spec.name in self.values:
+            raise ValueError(
+                f"tap name {spec.name!r} is used twice in one layer; give each gf.tap a unique name"
+            )
+        self.specs[spec.name] = spec
+        if self.perturb is not None:
+            h = h + self.perturb[spec.name].astype(h.dtype)
+        self.values[spec.name] = h
+        return h
+
+    def record(self, name: str, value) -> None:
+        self.records[name] = value
+
+
+def _join(prefix: str, rel: str) -> str:
+    return f"{prefix}/{rel}" if rel else prefix
+
+
+def scanned(body, carry, stacked_params, names: list[str]):
+    """``lax.scan(body, carry, stacked_params)`` with the taps inside ``body`` made per-iteration.
+
+    ``body(params_i, carry) -> carry`` is one layer; ``names[i]`` is iteration i's layer name. A
+    tap ``rel`` inside the body becomes the taps ``names[i] + "/" + rel`` (``names[i]`` when rel is
+    empty), exactly as if the layers had been applied one after another.
+    """
+    parent = _top()
+    if isinstance(parent, ScanFrame):
+        raise ValueError(
+            "a scanned run of layers inside another scanned run cannot be probed; build the "
+            "inner serial with scan=False"
+        )
+    if parent is None:
+        return jax.lax.scan(lambda c, p: (body(p, c), None), carry, stacked_params)[0]
+    # Discovery of the body's taps (relative names, shapes) on one iteration's abstract inputs.
+    first = jax.tree.map(lambda a: a[0], stacked_params)
+    probe_specs: dict[str, TapSpec] = {}
+
+    def discover(p, c):
+        frame = ScanFrame(None, probe_specs)
+        with _push(frame):
+            body(p, c)
+
+    jax.eval_shape(discover, first, carry)
+    full_names = {rel: [_join(_full(parent, n), rel) for n in names] for rel in probe_specs}
+    perturb = {
+        rel: parent.tap_stacked(full_names[rel], spec._replace(name=full_names[rel][0]))
+        for rel, spec in probe_specs.items()
+    }
+
+    def step(c, xs):
+        p, pert = xs
+        frame = ScanFrame(pert)
+        with _push(frame):
+            c = body(p, c)
+        return c, (frame.values, frame.records)
+
+    carry, (values, records) = jax.lax.scan(step, carry, (stacked_params, perturb))
+    for rel, v in values.items():
+        parent.set_stacked(full_names[rel], v, parent.values)
+    for rel, v in records.items():
+        names_r = [_join(_full(parent, n), rel) for n in names]
+        parent.set_stacked(names_r, v, parent.records)
+    return carry
+
+
+def discover(apply, params, x) -> tuple[dict[str, TapSpec], Any]:
+    """The taps ``apply(params, x)`` makes (name -> :class:`TapSpec`, in call order) and its
+    output's shape, by abstract evaluation (no FLOPs)."""
+    frame = ProbeFrame(None)
+
+    def run(p, x):
+        with _push(frame):
+            return apply(p, x)
+
+    out = jax.eval_shape(run, params, x)
+    return dict(frame.specs), out
+
+
+def run_tapped(apply, params, x, perturb: dict):
+    """``apply(params, x)`` with ``perturb[name]`` added at every tap.
+
+    Returns: ``(output, values, records)``: the tapped values (after the perturbation) and the
+    auxiliary records, by full name.
+    """
+    frame = ProbeFrame(perturb)
+    with _push(frame):
+        out = apply(params, x)
+    return out, frame.values, frame.records
