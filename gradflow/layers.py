@@ -1,4 +1,4 @@
-"""Layers: each one record that knows its init, its apply and its Jacobian; ``serial`` composes them.
+"""Layers: each one record that knows its init, apply and Jacobian; ``serial`` composes them.
 
 In the spirit of stax's (init, apply) pairs and neural-tangents' per-layer rules, a
 :class:`Layer` is a NamedTuple of pure functions over plain pytrees:

@@ -332,7 +332,7 @@ def _hash_callable(fn, h, depth):
         return
     code = getattr(fn, "__code__", None)
     if code is None:
-        fn = getattr(fn, "__call__", None)
+        fn = type(fn).__call__ if callable(fn) else None
         code = getattr(fn, "__code__", None)
         if code is None:
             h.update(repr(type(fn)).encode())

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.polynomial.legendre import leggauss
-from scipy import optimize, special
+from scipy import optimize
 
 from gradflow.activations import ACTIVATIONS, _pdf
 
