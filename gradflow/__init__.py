@@ -13,6 +13,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from gradflow import (  # noqa: E402
     activations,
     data,
+    deep,
     diagnose,
     inits,
     io,
@@ -69,6 +70,7 @@ __all__ = [
     "activations",
     "auto_chunk_size",
     "data",
+    "deep",
     "diagnose",
     "from_apply",
     "from_layers",

@@ -353,7 +353,7 @@ def serial(*layers: Layer, name: str | None = None, scan: bool = True) -> Layer:
         if fm:
             in_shape = in_shape[::-1]
         seg_list = segs(in_shape)
-        for s, p in zip(seg_list, _unpack(params, seg_list, layers), strict=True):
+        for s, p in zip(seg_list, unpack_params(params, seg_list, layers), strict=True):
             child = layers[s.start]
             fn = child.apply_fm if fm else child.apply
             if s.scanned:
@@ -378,7 +378,7 @@ def serial(*layers: Layer, name: str | None = None, scan: bool = True) -> Layer:
 
     def walk_fn(params, x1, step, state):
         seg_list = segs(tuple(x1.shape))
-        for s, p in zip(seg_list, _unpack(params, seg_list, layers), strict=True):
+        for s, p in zip(seg_list, unpack_params(params, seg_list, layers), strict=True):
             child = layers[s.start]
             if s.scanned:
 
@@ -408,7 +408,7 @@ def _pack(params: list, seg_list, layers):
     return params[0] if _single(seg_list, layers) else params
 
 
-def _unpack(params, seg_list, layers) -> list:
+def unpack_params(params, seg_list, layers) -> list:
     """One entry per segment (None for segments without parameters)."""
     held = [s for s in seg_list if layers[s.start].has_params]
     if _single(seg_list, layers):

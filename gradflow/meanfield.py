@@ -22,9 +22,8 @@ check the two give the same numbers): there dC/dz^L = f(x) - y depends on W^L, w
 assumption at O(1) for the last two or three layers (measured ratios ~1.06 and ~0.98 where
 chi1 = 0.94), so those are left out of the fit.
 
-The network is :func:`gradflow.stacked.stacked_mlp`: the same draws as
-``gradflow.mlp(...).init`` (seed i is the same network) with the layers stacked and run by
-``lax.scan``, so depth 1,000 compiles as fast as depth 10.
+The network is ``gradflow.mlp([width] * (depth + 1), activation, "gaussian")``: its equal
+layers are stacked and run by one ``lax.scan``, so depth 1,000 compiles as fast as depth 10.
 
 Estimators. Per seed s and layer l, ``rho_{s,l} = G_{s,l} / G_{s,l+1}`` with ``G_{s,l}`` the
 batch mean of ``||dC_x/dz^l_x||^2``. Given everything above layer l, ``E[rho_{s,l}] = chi1^l``
@@ -35,7 +34,7 @@ the fitted layers is unbiased, and the growth rate is ``mean_s r_s`` with standa
 per layer, as large as the standard error at 256 seeds.) The Jacobian moments are exact per
 (seed, input): ``m1 = ||J||_F^2 / k`` and ``m2 = ||J^T J||_F^2 / k`` (k = min(n_0, n_L)), from
 the layer product rescaled to unit Frobenius norm at every layer with the log scale carried
-(:func:`gradflow.stacked.jacobian_log_moments`), so depth 1,000 neither overflows nor
+(:func:`gradflow.deep.jacobian_log_moments`), so depth 1,000 neither overflows nor
 underflows. They equal the moments of ``spectra.jacobian_singular_values`` to rounding (tested)
 at a fraction of the cost (one matmul per layer, no QR or SVD).
 
@@ -59,7 +58,8 @@ import numpy as np
 
 from gradflow import theory
 from gradflow.data import gaussian_inputs
-from gradflow.stacked import jacobian_log_moments, stacked_log_grad_sq, stacked_mlp
+from gradflow.deep import jacobian_log_moments, log_grad_sq
+from gradflow.nets import mlp
 from gradflow.sweep import seed_keys, sweep
 
 Z = 3.0
@@ -191,7 +191,7 @@ def compare(
     """Measure per-layer gradient growth and Jacobian moments over seeds, next to mean-field theory.
 
     Args:
-      activation: a name in ``theory.PHI`` (and ``models.ACTIVATIONS``).
+      activation: a name in :data:`gradflow.activations.ACTIVATIONS`.
       sigma_w2, sigma_b2: weight and bias variances (``init="gaussian"``).
       depth: L >= 2 weight layers (the last is linear). width: n >= 2 units in every layer.
       seeds: networks for the gradient measurement (>= 2); seed i is
@@ -251,7 +251,7 @@ def compare(
 
     # One model per (activation, depth, width): the variances go in traced (hyper=), so phases
     # and grid points share one compilation.
-    model = stacked_mlp(depth, width, activation)
+    model = mlp([width] * (depth + 1), activation, "gaussian")
     hyper = {"sigma_w2": np.float32(sigma_w2), "sigma_b2": np.float32(sigma_b2)}
     kx, kv = jax.random.split(jax.random.key(1) if data_key is None else data_key)
     x = gaussian_inputs(kx, batch, width, (q1 - sigma_b2) / sigma_w2, on_shell=True)
@@ -270,7 +270,7 @@ def compare(
     if jacobian_seeds < seeds:
         rest = keys[jacobian_seeds:]
         grads.append(
-            sweep(stacked_log_grad_sq, model, rest, x, v, readout=readout, chunk_size=chunk, **run)
+            sweep(log_grad_sq, model, rest, x, v, readout=readout, chunk_size=chunk, **run)
         )
     grad_log_sq = np.concatenate(grads).astype(np.float64)
     log_m1, log_m2 = np.asarray(log_m1, np.float64), np.asarray(log_m2, np.float64)
@@ -354,7 +354,7 @@ def compare(
 
 
 def _grad_and_jacobian(model, params, x, v, *, readout):
-    grads = stacked_log_grad_sq(model, params, x, v, readout)
+    grads = log_grad_sq(model, params, x, v, readout)
     return grads, jacobian_log_moments(model, params, x[:1])
 
 

@@ -164,6 +164,42 @@ def _feature_major(widths) -> bool:
     return widths[0] * widths[1] >= hidden
 
 
+def mlp_segments(model: Model, params, what: str) -> list[tuple]:
+    """``[(w, b, activation, stacked)]``: the MLP's weight layers in order, runs stacked.
+
+    ``w`` is (n_in, n_out) or (k, n, n) for a run of k equal layers; ``activation`` the name of
+    the layer's phi (the output activation, or "linear", for the last layer).
+    """
+    config = model.config
+    if not isinstance(config, MLPConfig) or config.residual:
+        raise ValueError(f"{what} needs a plain (non-residual) MLP built by gradflow.mlp")
+    net = model.net
+    segs = gl.segments(net.children, (config.widths[0],))
+    entries = gl.unpack_params(params, segs, net.children)
+    last = config.n_layers - 1
+    out = []
+    for s, p in zip(segs, entries, strict=True):
+        name = config.activation if s.start < last else (config.output_activation or "linear")
+        out.append((p["w"], p["b"], name, s.scanned))
+    return out
+
+
+def mlp_layers(model: Model, params) -> list[dict]:
+    """The MLP's params as one ``{"w": (n_{l-1}, n_l), "b": (n_l,)}`` per weight layer l
+    (runs unstacked): the layout of gradflow's first MLP, handy for reading or plotting."""
+    config = model.config
+    if not isinstance(config, MLPConfig):
+        raise ValueError("mlp_layers needs an MLP built by gradflow.mlp")
+    segs = gl.segments(model.net.children, (config.widths[0],))
+    out = []
+    for s, p in zip(segs, gl.unpack_params(params, segs, model.net.children), strict=True):
+        if s.scanned:
+            out += [{"w": p["w"][i], "b": p["b"][i]} for i in range(s.stop - s.start)]
+        else:
+            out.append({"w": p["w"], "b": p["b"]})
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Recurrent nets
 

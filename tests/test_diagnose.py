@@ -73,7 +73,7 @@ def test_least_squares_solution_is_a_minimum():
     x, y = _data(5, 3, batch=40)
     xb = np.c_[np.asarray(x, np.float64), np.ones(40)]
     sol = np.linalg.lstsq(xb, np.asarray(y, np.float64), rcond=None)[0]
-    params = [{"w": jnp.asarray(sol[:5], jnp.float32), "b": jnp.asarray(sol[5], jnp.float32)}]
+    params = {"w": jnp.asarray(sol[:5], jnp.float32), "b": jnp.asarray(sol[5], jnp.float32)}
     d = diagnose(model, params, x, y, hessian_iterations=18)
     assert float(d.grad_norm) < 1e-5
     assert float(d.hessian_min) > 0  # convex: H = X^T X / batch (x) I, positive definite
@@ -112,5 +112,5 @@ def test_sweep_over_seeds_and_bad_input():
     np.testing.assert_allclose(out.hessian_max[2], one.hessian_max, rtol=1e-4)
     with pytest.raises(ValueError, match="iterations must be >= 1"):
         lanczos_extremes(lambda v: v, 4, jax.random.key(0), 0)
-    with pytest.raises(ValueError, match="needs an MLP"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, any, 3\)"):
         diagnose(gf.rnn(3, 4, 2), None, x, y)

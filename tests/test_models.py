@@ -1,7 +1,11 @@
-"""Models: init statistics against their specification, structure, forward pass, bad input."""
+"""Models: init statistics against their specification, structure, forward pass, seed identity,
+model identity, bad input."""
 
 import functools
+import hashlib
+import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +14,9 @@ import pytest
 from scipy.special import erf as np_erf
 
 import gradflow
-from gradflow.models import ACTIVATIONS, INITS, orthogonal
+from gradflow.activations import ACTIVATIONS
+from gradflow.inits import INITS, orthogonal
+from gradflow.nets import mlp_layers
 from tests.conftest import assert_trees_close
 
 # --------------------------------------------------------------------------------------------
@@ -45,7 +51,7 @@ def _draw(init, n_in, n_out):
     sig = {"sigma_w2": SIGMA_W2, "sigma_b2": SIGMA_B2} if init in ("gaussian", "orthogonal") else {}
     model = gradflow.mlp([n_in, n_out], "tanh", init, **sig)
     keys = jax.random.split(jax.random.key(0), N_SEEDS)
-    params = jax.vmap(model.init)(keys)[0]
+    params = jax.vmap(model.init)(keys)  # one layer: its {"w", "b"} directly
     return np.asarray(params["w"], np.float64), np.asarray(params["b"], np.float64)
 
 
@@ -90,7 +96,7 @@ def test_glorot_bounds(init, limit):
 def test_orthogonal_init_is_scaled_isometry(n_in, n_out, key):
     sigma_w2 = 2.5
     model = gradflow.mlp([n_in, n_out], "tanh", "orthogonal", sigma_w2=sigma_w2)
-    w = np.asarray(model.init(key)[0]["w"], np.float64)
+    w = np.asarray(model.init(key)["w"], np.float64)
     gram = w.T @ w if n_in >= n_out else w @ w.T
     # float32 QR: entries of Q^T Q are exact to a few ulps times sqrt(n); 1e-5 is ~100 ulp.
     np.testing.assert_allclose(gram, sigma_w2 * np.eye(min(n_in, n_out)), atol=1e-5 * sigma_w2)
@@ -114,18 +120,20 @@ def test_same_key_same_params_different_layers_differ(key):
     model = gradflow.mlp([8, 8, 8, 8], "tanh", "nielsen")
     p1, p2 = model.init(key), model.init(key)
     assert_trees_close(p1, p2, rtol=0.0)  # bit-identical: init is a pure function of the key
+    p1 = mlp_layers(model, p1)
     # Equal-shaped layers get independent draws, not copies of one.
     assert not np.allclose(p1[0]["w"], p1[1]["w"]) and not np.allclose(p1[1]["w"], p1[2]["w"])
     assert not np.allclose(p1[0]["b"], p1[1]["b"])
-    other = model.init(jax.random.key(1))
+    other = mlp_layers(model, model.init(jax.random.key(1)))
     assert not np.allclose(p1[0]["w"], other[0]["w"])
 
 
 def test_param_structure_and_dtype(key):
     widths = [7, 5, 4, 3]
-    params = gradflow.mlp(widths).init(key)
-    assert isinstance(params, list) and len(params) == len(widths) - 1
-    for l, layer in enumerate(params):
+    model = gradflow.mlp(widths)
+    params = model.init(key)
+    assert isinstance(params, list) and len(params) == len(widths) - 1  # no equal layers
+    for l, layer in enumerate(mlp_layers(model, params)):
         assert set(layer) == {"w", "b"}
         assert layer["w"].shape == (widths[l], widths[l + 1])
         assert layer["b"].shape == (widths[l + 1],)
@@ -164,7 +172,7 @@ def _np_act(name, z):
 def test_activation_values(name):
     z = np.linspace(-4, 4, 41)
     with jax.enable_x64(True):
-        got = np.asarray(ACTIVATIONS[name](jnp.asarray(z)))
+        got = np.asarray(ACTIVATIONS[name].fn(jnp.asarray(z)))
     # float64 on both sides; 1e-12 leaves room for different erf/expm1 implementations.
     np.testing.assert_allclose(got, _np_act(name, z), rtol=1e-12, atol=1e-12)
 
@@ -205,11 +213,13 @@ def test_apply_matches_numpy(widths, activation, output_activation, residual, ke
     got = model.apply(params, jnp.asarray(x))
     assert got.shape == (9, widths[-1])
     # float32 forward vs float64 numpy over <= 4 layers of O(1) values: ~1e-6 relative.
-    want = _np_mlp(params, x.astype(np.float64), activation, output_activation, residual)
+    layers = mlp_layers(model, params)
+    want = _np_mlp(layers, x.astype(np.float64), activation, output_activation, residual)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    out, zs = model.forward(params, jnp.asarray(x))
-    np.testing.assert_allclose(out, got, rtol=0)  # forward and apply are the same computation
-    assert [z.shape for z in zs] == [(9, n) for n in widths[1:]]
+    # The taps sit at the pre-activations z^l, one per layer, named like the layers.
+    specs, _ = gradflow.taps.discover(model.apply, params, jnp.asarray(x))
+    assert list(specs) == [f"layer{l}" for l in range(1, len(widths))]
+    assert [s.shape[s.batch_axis] for s in specs.values()] == [9] * (len(widths) - 1)
 
 
 def test_model_is_hashable_static_config():
@@ -220,20 +230,80 @@ def test_model_is_hashable_static_config():
     assert a.config.to_dict()["widths"] == (4, 3, 2) and a.config.n_layers == 2
 
 
+def test_models_with_one_config_but_other_functions_differ(key):
+    # A model is never identified by its config alone: the same config with another init or
+    # apply is another model (another compiled program, another run directory).
+    base = gradflow.mlp([4, 3, 2], "tanh")
+    other_init = gradflow.Model(init=lambda k: base.init(k), apply=base.apply, config=base.config)
+    other_apply = gradflow.Model(
+        init=base.init, apply=lambda p, x: 2 * base.apply(p, x), config=base.config
+    )
+    assert len({base, other_init, other_apply}) == 3
+    assert other_apply != gradflow.Model(init=base.init, apply=lambda p, x: x, config=base.config)
+    assert other_init.describe() != other_apply.describe()
+
+
+def test_code_fingerprint_sees_code_and_closures():
+    from gradflow.models import code_fingerprint
+
+    def make(scale):
+        return lambda p, x: scale * x
+
+    assert code_fingerprint(make(2.0)) == code_fingerprint(make(2.0))
+    assert code_fingerprint(make(2.0)) != code_fingerprint(make(3.0))
+    assert code_fingerprint(lambda p, x: x) != code_fingerprint(lambda p, x: -x)
+
+
+# --------------------------------------------------------------------------------------------
+# Seed identity: the draws recorded before the layer redesign
+
+
+def _digest(a):
+    a = np.ascontiguousarray(np.asarray(a, np.float32))
+    return [list(a.shape), hashlib.sha256(a.tobytes()).hexdigest()[:24]]
+
+
+SEED_CASES = {
+    "mlp_nielsen": lambda: gradflow.mlp([784, 30, 30, 30, 10], "sigmoid", "nielsen"),
+    "mlp_gaussian_deep": lambda: gradflow.mlp(
+        [16] * 7, "tanh", "gaussian", sigma_w2=1.7, sigma_b2=0.05
+    ),
+    "mlp_orth_resid": lambda: gradflow.mlp(
+        [8, 12, 12, 12, 3], "relu", "orthogonal", sigma_w2=2.0, residual=True
+    ),
+    "mlp_glorot": lambda: gradflow.mlp([5, 7, 7, 2], "tanh", "glorot_uniform"),
+    "rnn": lambda: gradflow.rnn(
+        3, 8, 2, "tanh", "lecun", recurrent_init="orthogonal", sigma_w2=1.2, sigma_b2=0.1
+    ),
+    "lstm": lambda: gradflow.lstm(3, 8, 2, "lecun", forget_bias=1.0),
+}
+
+
+@pytest.mark.parametrize("case", list(SEED_CASES))
+def test_fixed_key_draws_equal_the_recorded_ones(case):
+    recorded = json.loads(
+        (pathlib.Path(__file__).parent / "data" / "seed_identity.json").read_text()
+    )[case]
+    model = SEED_CASES[case]()
+    params = model.init(jax.random.key(7))
+    if case.startswith("mlp"):
+        got = [{"w": _digest(p["w"]), "b": _digest(p["b"])} for p in mlp_layers(model, params)]
+    else:  # [cell {"w_in", "w_rec", "b"}, readout {"w", "b"}] vs the first version's dict
+        cell, out = params
+        got = {**{k: _digest(v) for k, v in cell.items()}}
+        got.update(w_out=_digest(out["w"]), b_out=_digest(out["b"]))
+    assert got == recorded  # bit for bit
+
+
 # --------------------------------------------------------------------------------------------
 # Recurrent models
 
 
 def test_rnn_and_lstm_param_shapes(key):
-    p = gradflow.rnn(3, 5, 2).init(key)
-    assert {k: v.shape for k, v in p.items()} == {
-        "w_in": (3, 5),
-        "w_rec": (5, 5),
-        "b": (5,),
-        "w_out": (5, 2),
-        "b_out": (2,),
-    }
-    q = gradflow.lstm(3, 5, 2, forget_bias=1.5).init(key)
+    p, out = gradflow.rnn(3, 5, 2).init(key)
+    assert {k: v.shape for k, v in p.items()} == {"w_in": (3, 5), "w_rec": (5, 5), "b": (5,)}
+    assert {k: v.shape for k, v in out.items()} == {"w": (5, 2), "b": (2,)}
+    q, _ = gradflow.lstm(3, 5, 2, forget_bias=1.5).init(key)
     assert q["w_in"].shape == (3, 20) and q["w_rec"].shape == (5, 20) and q["b"].shape == (20,)
     # lecun input init and orthogonal (sigma_b2 = 0) recurrent init have zero biases, so the bias
     # vector is exactly the forget-gate bias on the f block of [i, f, g, o].
@@ -246,7 +316,7 @@ def test_rnn_and_lstm_param_shapes(key):
 
 def test_rnn_recurrent_gain(key):
     w = np.asarray(
-        gradflow.rnn(2, 6, 1, recurrent_init="orthogonal", sigma_w2=2.25).init(key)["w_rec"]
+        gradflow.rnn(2, 6, 1, recurrent_init="orthogonal", sigma_w2=2.25).init(key)[0]["w_rec"]
     )
     # float32 SVD of a scaled orthogonal matrix: every singular value is 1.5 to ~1e-6.
     np.testing.assert_allclose(np.linalg.svd(w, compute_uv=False), 1.5, rtol=1e-5)
@@ -254,7 +324,8 @@ def test_rnn_recurrent_gain(key):
 
 def test_rnn_forward_matches_loop(key):
     model = gradflow.rnn(3, 4, 2, "tanh", "nielsen")
-    p = jax.tree.map(lambda v: np.asarray(v, np.float64), model.init(key))
+    cell, out = jax.tree.map(lambda v: np.asarray(v, np.float64), model.init(key))
+    p = {**cell, "w_out": out["w"], "b_out": out["b"]}
     x = np.random.default_rng(1).normal(size=(5, 6, 3))
     h = np.zeros((5, 4))
     hs = []
@@ -262,10 +333,14 @@ def test_rnn_forward_matches_loop(key):
         h = np.tanh(x[:, t] @ p["w_in"] + h @ p["w_rec"] + p["b"])
         hs.append(h)
     want_y = h @ p["w_out"] + p["b_out"]
-    y, hidden = model.forward(model.init(key), jnp.asarray(x, jnp.float32))
+    params, xs = model.init(key), jnp.asarray(x, jnp.float32)
+    specs, _ = gradflow.taps.discover(model.apply, params, xs)
+    zeros = {n: jnp.zeros(s.shape, s.dtype) for n, s in specs.items()}
+    y, hidden, _ = gradflow.taps.run_tapped(model.apply, params, xs, zeros)
     # float32 scan of 6 tanh steps vs float64 loop: ~1e-6 relative.
     np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(hidden, np.stack(hs, axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.apply(params, xs), y, rtol=0)  # the same computation
+    np.testing.assert_allclose(hidden["rnn/h"], np.stack(hs, axis=1), rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from scipy import integrate, optimize
 
 from gradflow import theory
-from gradflow.models import ACTIVATIONS
+from gradflow.activations import ACTIVATIONS
 
 
 def test_numpy_activations_match_models_and_their_derivatives():
@@ -19,7 +19,7 @@ def test_numpy_activations_match_models_and_their_derivatives():
     for name, phi in theory.PHI.items():
         f, d1, d2 = phi(x)
         # jax runs in float32 here: 1e-6 is a few float32 ulps at |phi| <= 6.
-        np.testing.assert_allclose(f, ACTIVATIONS[name](jnp.asarray(x)), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(f, ACTIVATIONS[name].fn(jnp.asarray(x)), rtol=1e-6, atol=1e-6)
         # central differences in float64: truncation h^2 |phi'''| + rounding eps/h, both < 1e-9.
         np.testing.assert_allclose(d1, (phi(x + h)[0] - phi(x - h)[0]) / (2 * h), atol=1e-9)
         np.testing.assert_allclose(d2, (phi(x + h)[1] - phi(x - h)[1]) / (2 * h), atol=1e-9)
