@@ -37,6 +37,7 @@ import numpy as np
 
 import gradflow
 from gradflow import data
+from gradflow.nets import mlp_layers
 
 HERE = pathlib.Path(__file__).resolve().parent
 SECTIONS = ("matmul", "a", "b", "memory", "devices", "spectra")
@@ -146,7 +147,7 @@ def workload(label, model, x, y, loss, source, cfg, key, use_torch) -> dict:
         scale.update({"torch.func": 1.0, "torch eager loop": n_seeds / n_loop})
         block(ref.func(chunk, chunk))  # warm-up
         block(ref.eager(1))
-        params = [model.init(k) for k in gradflow.seed_keys(4)]
+        params = [mlp_layers(model, model.init(k)) for k in gradflow.seed_keys(4)]
         theirs = ref.norms_at(params)
         ours = np.stack([swept.weights[:4], swept.biases[:4]], axis=-1).reshape(4, -1)
         check["torch.func vs gradflow (same weights), max rel diff"] = float(

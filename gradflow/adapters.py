@@ -82,25 +82,25 @@ def from_nnx(make: Callable, *, groups=None, logits: bool = True) -> Model:
         graphdef, params, rest = nnx.split(module, nnx.Param, ...)
         return graphdef, params, rest
 
-    graphdef, abs_state, abs_rest = split(nnx.eval_shape(lambda: build(jax.random.key(0))))
-    state_def, rest_def = jax.tree.structure(abs_state), jax.tree.structure(abs_rest)
-    abs_params = abs_state.to_pure_dict()
+    abstract = nnx.eval_shape(lambda: build(jax.random.key(0)))
+    graphdef, abs_state, abs_rest = split(abstract)
+    rest_def = jax.tree.structure(abs_rest)
+    abs_params = nnx.to_pure_dict(abs_state)
     pure_def = jax.tree.structure(abs_params)
     _check_abstract(abs_params, "from_nnx", "nnx.Param")
     rest = _Once(lambda: jax.tree.leaves(split(build(jax.random.key(0)))[2]))
 
     def init(key):
-        return split(build(key))[1].to_pure_dict()
+        return nnx.to_pure_dict(split(build(key))[1])
 
     def apply(params, x):
         _check_structure(params, pure_def, "from_nnx")
-        # The pure dict and the State flatten in the same (sorted-key) order.
-        state = jax.tree.unflatten(state_def, jax.tree.leaves(params))
+        # Fresh Variables on every call: an update __call__ makes cannot reach the cached rest.
         other = jax.tree.unflatten(rest_def, rest() if rest_def.num_leaves else [])
-        return nnx.merge(graphdef, state, other)(x)
+        return nnx.merge(graphdef, params, other)(x)
 
     config = AdapterConfig("nnx", make, groups, logits)
-    return _model(init, apply, groups, logits, type(_unabstract(graphdef)).__name__, config)
+    return _model(init, apply, groups, logits, type(abstract).__name__, config)
 
 
 def from_equinox(
@@ -138,7 +138,9 @@ def from_equinox(
     def build(key):
         module = make(key)
         if not isinstance(module, eqx.Module):
-            raise ValueError(f"from_equinox: make(key) must return an eqx.Module, got {_what(module)}")
+            raise ValueError(
+                f"from_equinox: make(key) must return an eqx.Module, got {_what(module)}"
+            )
         return module
 
     def is_abstract_param(leaf):
@@ -241,22 +243,7 @@ def _import(module: str, fn: str, extra: str):
 
 
 def _what(obj) -> str:
-    if callable(obj) and not hasattr(obj, "__self__") and isinstance(obj, type):
-        return f"the class {obj.__name__}"
-    return f"a {type(obj).__name__}" + (" instance" if callable(obj) else "")
-
-
-def _unabstract(graphdef):
-    """The module class of an NNX graphdef."""
-    nodes = getattr(graphdef, "nodes", None)
-    node = nodes[0] if nodes else graphdef
-    cls = getattr(node, "type", None)
-    return _Named(cls.__name__ if isinstance(cls, type) else "module")
-
-
-class _Named:
-    def __init__(self, name):
-        self.name = name
+    return f"a {type(obj).__name__} instance" if callable(obj) else f"a {type(obj).__name__}"
 
 
 def _check_abstract(abs_params, fn: str, what: str) -> None:

@@ -16,10 +16,11 @@ run become one tap per layer (:func:`gradflow.taps.scanned`). The parameters of 
 list with one entry per *segment*: a single layer's params, or a run's params stacked.
 
 Naming: a child of a serial is named ``child.name`` or ``f"{kind}{index}"``. A child's name
-becomes part of the layer (parameter group) and tap names below it when the serial has two or
-more children holding parameters; an only child holding parameters is named by its parent. So in
-``gf.mlp`` the block ``layer3 = serial(dense, mark, activation)`` gives the group ``"layer3"`` and
-the tap ``"layer3"``.
+becomes part of the layer (parameter group) and tap names below it when it was given explicitly
+(:func:`named`), or when the serial has two or more children holding parameters; an unnamed only
+child holding parameters is named by its parent. So in ``gf.mlp`` the block ``layer3 =
+named(serial(dense, mark, activation), "layer3")`` gives the group ``"layer3"`` and the tap
+``"layer3"``.
 """
 
 from __future__ import annotations
@@ -320,13 +321,13 @@ def serial(*layers: Layer, name: str | None = None, scan: bool = True) -> Layer:
     if len(set(names)) != len(names):
         raise ValueError(f"serial's layer names must be unique, got {list(names)}")
     with_params = [i for i, l in enumerate(layers) if l.has_params]
-    visible = len(with_params) > 1  # names of children holding params enter group/tap names
+    many = len(with_params) > 1  # then default names of children holding params count too
     segs = functools.lru_cache(maxsize=64)(
         lambda in_shape: tuple(_segments(layers, in_shape, scan))
     )
 
     def scope_name(i):
-        return names[i] if visible and layers[i].has_params else None
+        return names[i] if _visible(layers[i], many) else None
 
     def init_fn(key, in_shape, hyper):
         keys = {}
@@ -396,6 +397,12 @@ def serial(*layers: Layer, name: str | None = None, scan: bool = True) -> Layer:
         "serial", init_fn if with_params else None, apply, out_shape, spec, name,
         bool(with_params), None, apply_fm if fm_ok else None, walk_fn, layers,
     )  # fmt: skip
+
+
+def _visible(child: Layer, many: bool) -> bool:
+    """Whether a child's name enters the names of groups and taps below it: an explicit name
+    always does; a default one when its serial has several children holding parameters."""
+    return child.name is not None or (many and child.has_params)
 
 
 def _single(seg_list, layers) -> bool:
@@ -486,7 +493,7 @@ def _groups(layer, in_shape, prefixes, path, stacked):
         return [Group(tuple(prefixes), path, stacked)]
     children = layer.children
     names = tuple(c.name or f"{c.kind}{i}" for i, c in enumerate(children))
-    visible = sum(c.has_params for c in children) > 1
+    many = sum(c.has_params for c in children) > 1
     scan = layer.spec[1]
     out = []
     seg_list = _segments(children, in_shape, scan)
@@ -504,6 +511,7 @@ def _groups(layer, in_shape, prefixes, path, stacked):
                 full = tuple(_join(r, g.names[0]) for rs in run for r in rs)
                 out.append(Group(full, g.path, True))
         else:
-            child_prefixes = [_join(p, names[s.start] if visible else None) for p in prefixes]
+            shown = names[s.start] if _visible(child, many) else None
+            child_prefixes = [_join(p, shown) for p in prefixes]
             out.extend(_groups(child, s.in_shape, child_prefixes, sub_path, stacked))
     return out

@@ -129,7 +129,7 @@ def mlp_from_config(config: MLPConfig) -> Model:
     net = gl.serial(*blocks)
     model = from_layers(
         net, (widths[0],), config=config, logits=config.output_activation is None,
-        feature_major=feature_major, identity=("mlp", config),
+        feature_major=feature_major, identity=("mlp", config, feature_major),
     )  # fmt: skip
     check = _sigma_override_check(config.init)
     base_init = model.init

@@ -269,6 +269,8 @@ def _mesh(devices) -> Mesh:
 
 
 def _init_names(model) -> frozenset:
+    if model.hyper_names:
+        return frozenset(model.hyper_names)
     params = inspect.signature(model.init).parameters.values()
     return frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY)
 
@@ -308,7 +310,11 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
         fn=fn, model=model, kwargs=tuple(sorted(kwargs.items())), impl=impl,
         init_names=init_names, mesh=mesh, vmap_size=vmap_size,
     )  # fmt: skip
-    config = model.config.to_dict() if hasattr(model.config, "to_dict") else repr(model.config)
+    if not isinstance(model, Model):
+        raise ValueError(
+            f"model must be a gradflow Model (gf.mlp, gf.from_apply, ...), got {type(model).__name__}"
+        )
+    config = model.describe()  # built-ins: their config; others: their functions' code
 
     def fingerprint() -> dict:  # hashing the data takes time: only a run_dir needs it
         return {

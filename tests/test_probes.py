@@ -10,13 +10,16 @@ import pytest
 from scipy.special import erf as np_erf
 
 import gradflow
+from gradflow import taps
 from gradflow.losses import get_loss
+from gradflow.nets import mlp_layers
 
-# Jitted once per (model, loss): eager op-by-op autodiff would dominate the suite's runtime.
-_static = dict(static_argnames=("model", "loss"))
-layer_grad_norms = jax.jit(gradflow.layer_grad_norms, **_static)
-preact_grads = jax.jit(gradflow.preact_grads, **_static)
-time_grad_norms = jax.jit(gradflow.time_grad_norms, **_static)
+# The probes run as one jitted program per (model, loss, shapes) already.
+layer_grad_norms = gradflow.layer_grad_norms
+preact_grads = gradflow.preact_grads
+time_grad_norms = gradflow.time_grad_norms
+FIELDS = ("weights", "biases", "preacts", "weights_per_example", "weight_norms", "update_ratio",
+          "zero_fraction", "loss")  # fmt: skip
 
 # --------------------------------------------------------------------------------------------
 # Hand-written numpy float64 reference backprop (independent of the library's autodiff)
@@ -130,8 +133,11 @@ def np_backprop(cfg, loss, params, x, y):
     ), deltas
 
 
-def _np_params(params):
-    return [(np.asarray(p["w"], np.float64), np.asarray(p["b"], np.float64)) for p in params]
+def _np_params(model, params):
+    return [
+        (np.asarray(p["w"], np.float64), np.asarray(p["b"], np.float64))
+        for p in mlp_layers(model, params)
+    ]
 
 
 def _problem(widths, activation, init, loss, targets, *, batch=7, seed=0, **model_kw):
@@ -170,13 +176,15 @@ CASES = [
 @pytest.mark.parametrize("widths,activation,init,loss,targets,kw", CASES)
 def test_layer_grad_norms_match_numpy_backprop_float64(widths, activation, init, loss, targets, kw):
     model, params, x, y, y_np = _problem(widths, activation, init, loss, targets, **kw)
-    want, _ = np_backprop(model.config, loss, _np_params(params), x, y_np)
+    want, _ = np_backprop(model.config, loss, _np_params(model, params), x, y_np)
     with jax.enable_x64(True):
         params64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
         got = layer_grad_norms(model, params64, jnp.asarray(x), jnp.asarray(y), loss)
         got = jax.tree.map(np.asarray, got)
-    assert set(got._fields) == set(want)
-    for field in got._fields:
+    assert set(FIELDS) == set(want)
+    assert got.names == got.hidden_names == tuple(f"layer{l}" for l in range(1, len(widths)))
+    np.testing.assert_allclose(got.params, np.hypot(got.weights, got.biases), rtol=1e-12)
+    for field in FIELDS:
         assert getattr(got, field).shape == (len(widths) - 1,), field
         assert getattr(got, field).dtype == np.float64, field
         # Both sides float64 with different operation orders; 1e-9 leaves room for cancellation
@@ -189,10 +197,10 @@ def test_layer_grad_norms_float32_close_to_float64_reference(
     widths, activation, init, loss, targets, kw
 ):
     model, params, x, y, y_np = _problem(widths, activation, init, loss, targets, **kw)
-    want, _ = np_backprop(model.config, loss, _np_params(params), x, y_np)
+    want, _ = np_backprop(model.config, loss, _np_params(model, params), x, y_np)
     got = layer_grad_norms(model, params, jnp.asarray(x, jnp.float32), jnp.asarray(y), loss)
     assert got.weights.dtype == jnp.float32
-    for field in got._fields:
+    for field in FIELDS:
         # float32 (eps 6e-8) through <= 6 layers and a batch mean: 1e-4 relative is ample.
         np.testing.assert_allclose(getattr(got, field), want[field], rtol=1e-4, err_msg=field)
 
@@ -201,7 +209,7 @@ def test_zero_fraction_sees_dead_relus():
     model, params, x, y, y_np = _problem([4, 6, 6, 2], "relu", "he", "mse", "float")
     params[1]["b"] = params[1]["b"].at[:3].set(-1e3)  # units 0-2 of layer 2 dead for every input
     got = layer_grad_norms(model, params, jnp.asarray(x, jnp.float32), jnp.asarray(y))
-    want, deltas = np_backprop(model.config, "mse", _np_params(params), x, y_np)
+    want, deltas = np_backprop(model.config, "mse", _np_params(model, params), x, y_np)
     assert np.all(deltas[1][:, :3] == 0)
     assert got.zero_fraction[1] >= 0.5
     # A count over 7 x 6 entries, rounded to float32.
@@ -233,7 +241,7 @@ def test_finite_differences_float64(residual):
     model, params, x, y, y_np = _problem(
         widths, "tanh", "nielsen", "mse", "float", batch=batch, residual=residual
     )
-    cfg, p_np = model.config, _np_params(params)
+    cfg, p_np = model.config, _np_params(model, params)
     flat = [a for wb in p_np for a in wb]
     g_flat = central_differences(
         flat, lambda f: np_batch_loss(cfg, "mse", list(zip(f[::2], f[1::2], strict=True)), x, y_np)
@@ -252,7 +260,8 @@ def test_finite_differences_float64(residual):
     np.testing.assert_allclose(
         got.preacts, [np.sqrt(np.mean(np.sum(d**2, 1))) for d in deltas], rtol=rtol
     )
-    for a, b in zip(pre, deltas, strict=True):
+    assert list(pre) == ["layer1", "layer2", "layer3"]
+    for a, b in zip(pre.values(), deltas, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)  # entrywise, same FD error
     # The per-example gradient averaged over the batch is the bias gradient.
     for d, gb in zip(deltas, g_flat[1::2], strict=True):
@@ -273,13 +282,20 @@ def test_preact_grads_equal_per_example_grad_of_zero_perturbation(
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y)
     loss_fn = get_loss(loss)
 
+    specs, _ = taps.discover(model.apply, params, x[:1])
+
     def one_example(xi, yi):
-        zeros = [jnp.zeros((1, n)) for n in widths[1:]]
-        c_x = lambda pert: loss_fn(model.forward(params, xi[None], pert)[0], yi[None])[0]  # noqa: E731
-        return [g[0] for g in jax.grad(c_x)(zeros)]
+        zeros = {n: jnp.zeros(s.shape, s.dtype) for n, s in specs.items()}
+
+        def c_x(pert):
+            out = taps.run_tapped(model.apply, params, xi[None], pert)[0]
+            return loss_fn(out, yi[None])[0]
+
+        g = jax.grad(c_x)(zeros)  # one example: the batch axis has length 1 wherever it is
+        return [jnp.reshape(g[n], (-1,)) for n in specs]
 
     want = jax.vmap(one_example)(x, y)  # [dC_x/dz^l_x], each (batch, n_l)
-    got = preact_grads(model, params, x, y, loss)
+    got = list(preact_grads(model, params, x, y, loss).values())
     norms = layer_grad_norms(model, params, x, y, loss)
     for l, (g, w) in enumerate(zip(got, want, strict=True)):
         scale = float(jnp.abs(w).max())
@@ -305,7 +321,8 @@ def _rnn_problem(model, batch=4, time=7, seed=0):
 def test_rnn_time_grads_match_numpy_bptt_float64():
     model = gradflow.rnn(3, 5, 3, "tanh", "nielsen", recurrent_init="orthogonal", sigma_w2=1.4)
     params, x, y = _rnn_problem(model)
-    p = jax.tree.map(lambda v: np.asarray(v, np.float64), params)
+    cell, readout = jax.tree.map(lambda v: np.asarray(v, np.float64), params)
+    p = {**cell, "w_out": readout["w"], "b_out": readout["b"]}
     batch, time = x.shape[:2]
     h, pres, hs = np.zeros((batch, 5)), [], []
     for t in range(time):
@@ -327,7 +344,7 @@ def test_rnn_time_grads_match_numpy_bptt_float64():
     np.testing.assert_allclose(got.hidden, want, rtol=1e-10)
     np.testing.assert_allclose(got.loss, np.full(time, c.mean()), rtol=1e-12)
     np.testing.assert_array_equal(got.cell, np.zeros(time))
-    np.testing.assert_allclose(pre, np.stack(g, axis=1), rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(pre["rnn/h"], np.stack(g, axis=1), rtol=1e-9, atol=1e-15)
 
 
 def test_lstm_time_grads_match_hand_unrolled_loop_float64():
@@ -336,7 +353,8 @@ def test_lstm_time_grads_match_hand_unrolled_loop_float64():
     params, x, y = _rnn_problem(model, batch=3, time=6)
     time = x.shape[1]
     with jax.enable_x64(True):
-        p = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
+        p64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
+        p = {**p64[0], "w_out": p64[1]["w"], "b_out": p64[1]["b"]}
         xs = jnp.asarray(x)
         sig = jax.nn.sigmoid
 
@@ -364,7 +382,7 @@ def test_lstm_time_grads_match_hand_unrolled_loop_float64():
             gc = jax.grad(lambda c_, t=t, o=o: run(t, sig(o) * jnp.tanh(c_), c_))(c)
             want_h.append(jnp.sqrt(jnp.mean(jnp.sum(gh**2, axis=1))))
             want_c.append(jnp.sqrt(jnp.mean(jnp.sum(gc**2, axis=1))))
-        got = time_grad_norms(model, p, xs, jnp.asarray(y), "xent")
+        got = time_grad_norms(model, p64, xs, jnp.asarray(y), "xent")
         np.testing.assert_allclose(got.hidden, np.array(want_h), rtol=1e-10)  # float64 rounding
         np.testing.assert_allclose(got.cell, np.array(want_c), rtol=1e-10)
 
@@ -376,7 +394,7 @@ def test_linear_orthogonal_rnn_gradient_scales_like_gain_power():
     params, x, y = _rnn_problem(model, batch=5, time=time)
     for gain in (0.6, 1.0, 1.3):
         # Same draw as recurrent_init="orthogonal", sigma_w2=gain**2 (one compilation for all).
-        scaled = {**params, "w_rec": params["w_rec"] * gain}
+        scaled = [{**params[0], "w_rec": params[0]["w_rec"] * gain}, params[1]]
         got = time_grad_norms(model, scaled, jnp.asarray(x, jnp.float32), y, "xent")
         want = got.hidden[-1] * gain ** (time - 1 - np.arange(time))
         # float32, 11 products with an orthogonal matrix: each preserves norms to ~1e-7.
@@ -419,7 +437,7 @@ def test_probe_bad_input(key):
     model = gradflow.mlp([4, 3, 2], "tanh")
     params = model.init(key)
     x, y = jnp.ones((5, 4)), jnp.zeros((5,), jnp.int32)
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\) to match widths\[0\]=4"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\) for this model"):
         gradflow.layer_grad_norms(model, params, jnp.ones((5, 3)), y)
     with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\)"):
         gradflow.layer_grad_norms(model, params, jnp.ones((4,)), y)
@@ -431,12 +449,12 @@ def test_probe_bad_input(key):
         gradflow.layer_grad_norms(model, params, x, y, "hinge")
     with pytest.raises(ValueError, match="labels must lie in 0..1"):
         gradflow.layer_grad_norms(model, params, x, jnp.full((5,), 2, jnp.int32))
-    with pytest.raises(ValueError, match="use time_grad_norms"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, any, 4\)"):
         gradflow.layer_grad_norms(gradflow.rnn(4, 3, 2), gradflow.rnn(4, 3, 2).init(key), x, y)
     with pytest.raises(ValueError, match="use layer_grad_norms"):
         gradflow.time_grad_norms(model, params, x, y)
     rnn = gradflow.rnn(4, 3, 2)
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, 4\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, any, 4\)"):
         gradflow.time_grad_norms(rnn, rnn.init(key), x, y)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -29,8 +30,9 @@ def _sweep(run_dir=None, model=MODEL, data=None, **kw):
 
 
 def _assert_identical(a, b):
-    for name, u, v in zip(a._fields, a, b, strict=True):
-        np.testing.assert_array_equal(u, v, err_msg=name)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(u, v)
 
 
 @pytest.fixture

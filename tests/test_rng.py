@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gradflow
-from gradflow import models, rng
+from gradflow import inits, nets, rng
 
 SHAPES = [(1,), (7,), (30,), (784, 30), (5, 3), (256, 256), (2, 3, 4)]
 
@@ -64,22 +64,22 @@ def test_vmapped_and_jitted_draws_equal_per_key_draws():
 @pytest.mark.parametrize("init", ["nielsen", "glorot_uniform", "gaussian", "orthogonal"])
 def test_transposed_layer_draw_is_the_same_layer(init):
     key = jax.random.key(3)
-    plain = models.init_dense(key, 20, 6, init, 1.5, 0.2)
-    flipped = models.init_dense(key, 20, 6, init, 1.5, 0.2, transposed=True)
+    plain = inits.init_dense(key, 20, 6, init, 1.5, 0.2)
+    flipped = inits.init_dense(key, 20, 6, init, 1.5, 0.2, transposed=True)
     for name in ("w", "b"):
         np.testing.assert_array_equal(plain[name], flipped[name])
 
 
 def test_feature_major_forward_equals_row_major(monkeypatch):
-    """The memory order mlp_forward picks changes no result beyond float32 summation order."""
+    """The memory order gf.mlp picks changes no result beyond float32 summation order."""
     widths = [40, 8, 8, 3]  # first layer dominates: feature-major by default
-    assert models._feature_major(widths)
+    assert nets._feature_major(widths)
     x = jax.random.normal(jax.random.key(1), (6, 40))
     y = jax.random.normal(jax.random.key(2), (6, 3))
     model = gradflow.mlp(widths, "tanh", "lecun")
     params = model.init(jax.random.key(0))
     fm = gradflow.layer_grad_norms(model, params, x, y, loss="mse")
-    monkeypatch.setattr(models, "_feature_major", lambda widths: False)
+    monkeypatch.setattr(nets, "_feature_major", lambda widths: False)
     model = gradflow.mlp(widths, "tanh", "lecun")
     rm_params = model.init(jax.random.key(0))
     jax.tree.map(np.testing.assert_array_equal, params, rm_params)

@@ -54,7 +54,8 @@ def test_sweep_equals_python_loop():
     got = sweep(gradflow.layer_grad_norms, MODEL, N, X, Y, loss="xent")
     want = loop(gradflow.layer_grad_norms, MODEL, seed_keys(N), X, Y, "xent")
     assert isinstance(got, gradflow.LayerGradNorms)
-    assert all(isinstance(v, np.ndarray) and v.shape == (N, 2) for v in got)
+    assert all(isinstance(v, np.ndarray) and v.shape == (N, 2) for v in jax.tree.leaves(got))
+    assert got.names == ("layer1", "layer2")
     assert_trees_close(got, want, rtol=RTOL)
     # Different seeds are different networks.
     assert len(np.unique(got.weights[:, 0])) == N
