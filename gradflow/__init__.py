@@ -12,6 +12,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from gradflow import (  # noqa: E402
     activations,
+    adapters,
+    conv,
     data,
     deep,
     diagnose,
@@ -22,6 +24,7 @@ from gradflow import (  # noqa: E402
     meanfield,
     models,
     nets,
+    norm_layers,
     plots,
     probes,
     spectra,
@@ -31,6 +34,8 @@ from gradflow import (  # noqa: E402
 )
 from gradflow import sweep as sweeps  # noqa: E402
 from gradflow.activations import ACTIVATIONS  # noqa: E402
+from gradflow.adapters import from_equinox, from_nnx  # noqa: E402
+from gradflow.cnn import CNNConfig, cnn  # noqa: E402
 from gradflow.inits import INITS  # noqa: E402
 from gradflow.losses import LOSSES  # noqa: E402
 from gradflow.models import Model, from_apply, from_layers  # noqa: E402
@@ -56,24 +61,32 @@ from gradflow.sweep import (  # noqa: E402
     sweep,
 )
 from gradflow.taps import tap  # noqa: E402
+from gradflow.transformer import TransformerConfig, transformer  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "CNNConfig",
     "INITS",
     "LOSSES",
     "LayerGradNorms",
     "Model",
     "Summary",
     "TimeGradNorms",
+    "TransformerConfig",
     "activations",
+    "adapters",
     "auto_chunk_size",
+    "cnn",
+    "conv",
     "data",
     "deep",
     "diagnose",
     "from_apply",
+    "from_equinox",
     "from_layers",
+    "from_nnx",
     "grid_sweep",
     "inits",
     "io",
@@ -87,6 +100,7 @@ __all__ = [
     "mlp",
     "models",
     "nets",
+    "norm_layers",
     "plots",
     "preact_grads",
     "probes",
@@ -102,4 +116,5 @@ __all__ = [
     "theory",
     "time_grad_norms",
     "train",
+    "transformer",
 ]

@@ -8,8 +8,9 @@ seed draws its own weights) and keeps its parameters as a plain pytree, and whos
 them back into the module and calls it. Layers are found by pytree path as for
 :func:`gradflow.from_apply`: one group per innermost module holding parameters, named by its
 attribute path (``"layers/0"`` for ``self.layers[0]``, ``"encoder/dense"`` for
-``self.encoder.dense``), in order of use; the outermost module's own parameters form one group
-named after its class. Mark hidden units inside ``__call__`` with ``gf.tap(h, name)``.
+``self.encoder.dense``), in order of use; with ``groups=None`` the outermost module's own
+parameters form one group named after its class. Mark hidden units inside ``__call__`` with
+``gf.tap(h, name)``.
 
 Neither flax nor equinox is imported until an adapter is built (``pip install gradflow[flax]``,
 ``gradflow[equinox]``).
@@ -58,7 +59,7 @@ def from_nnx(make: Callable, *, groups=None, logits: bool = True) -> Model:
 
     Returns:
       A :class:`gradflow.Model`: params are the ``nnx.Param`` variables as a nested dict of arrays
-      (``nnx.State.to_pure_dict``), e.g. ``{"layers": {0: {"kernel": (n_in, n_out), "bias":
+      (``nnx.to_pure_dict``), e.g. ``{"layers": {0: {"kernel": (n_in, n_out), "bias":
       (n_out,)}}}``. Every other variable (``BatchStat``, RNG keys and counts, custom variable
       types) is not a parameter: ``apply`` takes it from one build with ``key(0)``, made once,
       so it is the same for every seed (batch statistics at init are 0 and 1 anyway; dropout
@@ -78,9 +79,8 @@ def from_nnx(make: Callable, *, groups=None, logits: bool = True) -> Model:
             raise ValueError(f"from_nnx: make(rngs) must return an nnx.Module, got {_what(module)}")
         return module
 
-    def split(module):
-        graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-        return graphdef, params, rest
+    def split(module):  # (graphdef, the nnx.Param state, every other variable)
+        return nnx.split(module, nnx.Param, ...)
 
     abstract = nnx.eval_shape(lambda: build(jax.random.key(0)))
     graphdef, abs_state, abs_rest = split(abstract)
@@ -126,7 +126,9 @@ def from_equinox(
     Taps under ``per_example=True``: ``gf.tap(h, name)`` inside ``__call__`` sees one example's
     ``h`` (no batch axis). ``apply`` registers each such tap with the batch axis added in front
     and hands every example its own slice of the probe's perturbation, so per-example hidden
-    gradients are exact (``batch_axis`` given to a tap inside the module is ignored).
+    gradients are exact (``batch_axis`` given to a tap inside the module is ignored). With
+    ``per_example=False``, a tap inside the module's own ``jax.vmap`` over examples would be
+    silently wrong (one perturbation shared by the batch): vmap with :func:`per_example_apply`.
     """
     eqx = _import("equinox", "from_equinox", "equinox")
     if (isinstance(make, eqx.Module) and not isinstance(make, eqx.Partial)) or not callable(make):

@@ -31,6 +31,7 @@ class CNNConfig:
     pooling: str = "max"
     sigma_w2: float = 1.0
     sigma_b2: float = 0.0
+    scan: bool | int | str = "auto"
 
     def to_dict(self) -> dict:
         return {"kind": "cnn", **dataclasses.asdict(self)}
@@ -38,7 +39,9 @@ class CNNConfig:
 
 def _positive_ints(value, what: str) -> tuple[int, ...]:
     items = tuple(value) if isinstance(value, (tuple, list)) else None
-    if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+    if not items or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items
+    ):
         raise ValueError(f"{what} must be a non-empty tuple of positive ints, got {value!r}")
     return items
 
@@ -55,8 +58,9 @@ def cnn(
     pooling: str = "max",
     sigma_w2: float | None = None,
     sigma_b2: float | None = None,
+    scan: bool | int | str = "auto",
 ) -> Model:
-    """A CNN: blocks ``z^l = conv_l(a^{l-1})``, ``a^l = pool(phi(z^l))``, then ``y = flat(a) W + b``.
+    """A CNN: blocks ``z^l = conv_l(a^{l-1})``, ``a^l = pool(phi(z^l))``; ``y = flat(a^L) W + b``.
 
     Args:
       in_shape: one example, channels last: ``(height, width, channels)`` (2-D) or
@@ -72,6 +76,8 @@ def cnn(
       pooling: ``"max"`` or ``"avg"`` (LeCun et al. 1998's subsampling, without its gain).
       sigma_w2, sigma_b2: variances for ``init="gaussian"``/``"orthogonal"`` (defaults 1, 0;
         ``model.init(key, sigma_w2=...)`` overrides them as traced values).
+      scan: which runs of identical blocks run as one ``lax.scan`` (see
+        :func:`gradflow.layers.serial`).
 
     Returns:
       A :class:`gradflow.Model` with parameter groups ``"conv1"..."convL"`` (``{"w": (*kernel,
@@ -96,7 +102,7 @@ def cnn(
     config = CNNConfig(
         in_shape=in_shape, channels=channels, n_out=n_out,
         kernel=conv.check_window(kernel, "kernel"), activation=activation, init=init, pool=pool,
-        pooling=pooling, sigma_w2=sigma_w2, sigma_b2=sigma_b2,
+        pooling=pooling, sigma_w2=sigma_w2, sigma_b2=sigma_b2, scan=scan,
     )  # fmt: skip
     return cnn_from_config(config)
 
@@ -121,8 +127,11 @@ def cnn_from_config(config: CNNConfig) -> Model:
             body.append(pooler(config.pool))
         blocks.append(gl.named(gl.serial(*body), f"conv{l + 1}"))
     readout = gl.dense(config.n_out, config.init, name="readout", **sigmas)
-    net = gl.serial(*blocks, conv.flatten(name="flatten"), readout)
-    net.out_shape(config.in_shape)  # fail early: rank, pools larger than the feature maps
+    net = gl.serial(*blocks, conv.flatten(name="flatten"), readout, scan=config.scan)
+    try:  # fail early: rank, pools larger than the feature maps
+        net.out_shape(config.in_shape)
+    except ValueError as e:
+        raise ValueError(f"cnn with in_shape {config.in_shape}: {e}") from None
     model = from_layers(net, config.in_shape, config=config, identity=("cnn", config))
     base_init = model.init
 

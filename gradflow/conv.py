@@ -62,6 +62,14 @@ def check_window(value, what: str) -> int | tuple[int, ...]:
     return tuple(items) if isinstance(value, (tuple, list)) else int(value)
 
 
+def _check_ranks(window, stride) -> None:
+    if isinstance(window, tuple) and isinstance(stride, tuple) and len(window) != len(stride):
+        raise ValueError(
+            f"window {window} and stride {stride} have different lengths; give both for the same "
+            "dimension (or an int for the same size along every axis)"
+        )
+
+
 def _padding(padding) -> str:
     name = padding.upper() if isinstance(padding, str) else padding
     if name not in PADDINGS:
@@ -88,16 +96,18 @@ def geometry(kind: str, window, stride, padding: str, shape, batched: bool = Fal
     if len(fixed) > 1 or nd not in _EXAMPLE or (fixed and fixed != {nd}):
         dims = sorted(fixed) if len(fixed) == 1 else sorted(_EXAMPLE)
         want = " or ".join(f"({'batch, ' if batched else ''}{_EXAMPLE[d]})" for d in dims)
+        fix = "reshape the input" + (" or give a window tuple of its rank" if fixed else "")
         raise ValueError(
             f"{kind} expects {'x' if batched else 'one example'} of shape {want}, channels last, "
-            f"got {shape}; reshape the input or give a window tuple of the matching length"
+            f"got {shape}; {fix}"
         )
     per_axis = lambda v: v if isinstance(v, tuple) else (v,) * nd  # noqa: E731
     window, stride, spatial = per_axis(window), per_axis(stride), example[:-1]
     if padding == "VALID" and any(k > n for k, n in zip(window, spatial, strict=True)):
+        fix = "padding='SAME', a smaller kernel" if kind == "conv" else "a smaller window"
         raise ValueError(
-            f"{kind} window {window} is larger than the input's spatial shape {spatial} with "
-            "padding 'VALID'; use padding='SAME', a smaller window or a larger input"
+            f"{kind} window {window} is larger than the input's spatial shape {spatial} (no "
+            f"padding); use {fix} or a larger input"
         )
     if padding == "SAME":
         out = tuple(-(-n // s) for n, s in zip(spatial, stride, strict=True))
@@ -163,7 +173,7 @@ def conv(
 ) -> Layer:
     """A convolution ``y[p, o] = sum_{d, i} x[p * stride + d - pad, i] w[d, i, o] + b[o]``.
 
-    (Cross-correlation, as in every deep-learning library and LeCun et al. 1998.)
+    (A cross-correlation: the kernel is not flipped, as in every deep-learning library.)
 
     Args:
       n_out: output channels c_out.
@@ -185,6 +195,7 @@ def conv(
     if not isinstance(n_out, int) or isinstance(n_out, bool) or n_out <= 0:
         raise ValueError(f"n_out must be a positive int, got {n_out!r}")
     kernel, stride = check_window(kernel, "kernel"), check_window(stride, "stride")
+    _check_ranks(kernel, stride)
     padding = _padding(padding)
     inits.check_init(init)
     sw2, sb2 = inits.check_sigmas(init, sigma_w2, sigma_b2)
@@ -227,6 +238,7 @@ def conv(
 def _pool(kind: str, window, stride, name: str | None) -> Layer:
     window = check_window(window, "window")
     stride = window if stride is None else check_window(stride, "stride")
+    _check_ranks(window, stride)
 
     def geo(shape, batched=False):
         return geometry(kind, window, stride, "VALID", shape, batched)
@@ -246,7 +258,9 @@ def _pool(kind: str, window, stride, name: str | None) -> Layer:
         return _linear_jacobian(lambda e: apply(None, e), x1)
 
     avg = kind == "avg_pool"
-    return Layer(kind, None, apply, out_shape, (kind, window, stride), name, False, jac if avg else None)
+    return Layer(
+        kind, None, apply, out_shape, (kind, window, stride), name, False, jac if avg else None
+    )
 
 
 def avg_pool(window, stride=None, *, name: str | None = None) -> Layer:

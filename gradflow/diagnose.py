@@ -152,7 +152,8 @@ def diagnose(
     def batch_loss(params):
         return jnp.mean(loss_fn(model.apply(params, x), y))
 
-    tiny = jnp.finfo(x.dtype).tiny
+    dtype = norms.loss.dtype  # floating even when x holds token ids
+    tiny = jnp.finfo(dtype).tiny
     underflow, dead, saturated = [], [], []
     for name, spec in specs.items():
         d = jnp.moveaxis(g_taps[name], spec.batch_axis, 0)
@@ -164,8 +165,8 @@ def diagnose(
             dphi = activations.derivative(act.name, values[name])[1]
             saturated.append(jnp.mean(dphi < SATURATION * act.derivative_max))
         else:
-            saturated.append(jnp.zeros((), x.dtype))
-    stack = lambda v: jnp.stack(v).astype(x.dtype) if v else jnp.zeros((0,), x.dtype)  # noqa: E731
+            saturated.append(jnp.zeros((), dtype))
+    stack = lambda v: jnp.stack(v).astype(dtype) if v else jnp.zeros((0,), dtype)  # noqa: E731
     grad_norm = jnp.linalg.norm(ravel_pytree(g_params)[0])
     underflow, dead = stack(underflow), stack(dead)
 
@@ -173,11 +174,11 @@ def diagnose(
         key = jax.random.key(0) if key is None else key
         n_params = ravel_pytree(params)[0].size
         ritz = lanczos_extremes(
-            hessian_vector_product(batch_loss, params), n_params, key, hessian_iterations, x.dtype
+            hessian_vector_product(batch_loss, params), n_params, key, hessian_iterations, dtype
         )
         h_min, h_max = ritz[0], ritz[-1]
     else:
-        h_min = h_max = jnp.array(jnp.nan, x.dtype)
+        h_min = h_max = jnp.array(jnp.nan, dtype)
     return Diagnosis(
         weight_grads=norms.weights,
         ratio_first_last=norms.weights[0] / norms.weights[-1],

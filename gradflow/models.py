@@ -26,10 +26,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Literal
 
 from gradflow import layers as gl
 
 Params = Any  # a pytree of arrays
+
+
+ROOT = "root"
+"""The group name of parameter leaves held directly at the top of the params pytree."""
 
 
 class LeafGroup(NamedTuple):
@@ -39,6 +44,7 @@ class LeafGroup(NamedTuple):
     names: tuple[str, ...]
     leaves: tuple[int, ...]
     stacked: bool
+    keys: tuple = ()  # per name, a sortable position in the order of use (see layers.Group)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -107,6 +113,8 @@ def from_apply(
     *,
     groups: str | Callable[[str], str | None] | None = None,
     logits: bool = True,
+    config: Any = None,
+    identity: Hashable = None,
 ) -> Model:
     """A model from plain functions: ``init(key) -> params`` and ``apply(params, x) -> output``.
 
@@ -119,6 +127,10 @@ def from_apply(
         ``r"blocks/\\d+"``; other leaves keep the default) or a function ``path -> name`` (None
         keeps the default).
       logits: whether the output is logits (``loss="xent"`` and ``"sigmoid_xent"`` need it).
+      config: a description kept with the model (a frozen dataclass with ``to_dict`` is written
+        to run directories as is).
+      identity: what makes two models equal (default: the functions and options above); give
+        one when wrappers rebuild the functions for the same model (adapters do).
     """
     if not callable(init) or not callable(apply):
         raise ValueError("from_apply needs two functions: init(key) -> params, apply(params, x)")
@@ -134,8 +146,11 @@ def from_apply(
     def grouping(params, x):
         return path_groups(params, x, apply, pattern if pattern is not None else groups)
 
-    identity = ("from_apply", init, apply, groups, logits)
-    return Model(init=init, apply=apply, groups=grouping, identity=identity, logits=logits)
+    if identity is None:
+        identity = ("from_apply", init, apply, groups, logits)
+    return Model(
+        init=init, apply=apply, groups=grouping, identity=identity, logits=logits, config=config
+    )
 
 
 def from_layers(
@@ -220,7 +235,7 @@ def layer_leaf_groups(net: gl.Layer, params, in_shape) -> list[LeafGroup]:
     out = []
     for g in gl.param_groups(net, in_shape):
         ids = tuple(i for i, k in enumerate(keys) if k[: len(g.path)] == g.path)
-        out.append(LeafGroup(g.names, ids, g.stacked))
+        out.append(LeafGroup(g.names, ids, g.stacked, g.keys))
     return out
 
 
@@ -240,7 +255,7 @@ def path_groups(params, x, apply, override=None) -> list[LeafGroup]:
         return []
     owners = []
     for p in paths:
-        owner = p.rsplit("/", 1)[0] if "/" in p else p
+        owner = p.rsplit("/", 1)[0] if "/" in p else ROOT  # leaves at the root: one layer
         if override is not None:
             if isinstance(override, re.Pattern):
                 m = override.search(p)
@@ -259,7 +274,7 @@ def path_groups(params, x, apply, override=None) -> list[LeafGroup]:
     for i, owner in enumerate(owners):
         by_owner.setdefault(owner, []).append(i)
     ranked = sorted(by_owner.items(), key=lambda kv: (min(order[i] for i in kv[1]), kv[1][0]))
-    return [LeafGroup((name,), tuple(ids), False) for name, ids in ranked]
+    return [LeafGroup((name,), tuple(ids), False, ((i,),)) for i, (name, ids) in enumerate(ranked)]
 
 
 def first_use(apply, params, x) -> list[float]:
@@ -272,7 +287,7 @@ def first_use(apply, params, x) -> list[float]:
     order = [float("inf")] * n
     for e, eqn in enumerate(closed.jaxpr.eqns):
         for v in eqn.invars:
-            i = index.get(v) if not isinstance(v, jax.core.Literal) else None
+            i = None if isinstance(v, Literal) else index.get(v)
             if i is not None and order[i] == float("inf"):
                 order[i] = e
     return order

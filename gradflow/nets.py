@@ -28,6 +28,7 @@ class MLPConfig:
     output_activation: str | None = None
     residual: bool = False
     residual_scale: float = 1.0
+    scan: bool | int | str = "auto"
 
     @property
     def n_layers(self) -> int:
@@ -69,6 +70,7 @@ def mlp(
     output_activation: str | None = None,
     residual: bool = False,
     residual_scale: float = 1.0,
+    scan: bool | int | str = "auto",
 ) -> Model:
     """A multilayer perceptron ``z^l = a^{l-1} W^l + b^l``, ``a^l = phi(z^l)``.
 
@@ -82,12 +84,15 @@ def mlp(
       residual: if True, hidden layers whose input and output widths match become
         ``a^l = a^{l-1} + residual_scale * phi(z^l)`` (the other layers stay plain).
       residual_scale: the branch multiplier (e.g. ``1/sqrt(L)``).
+      scan: which runs of equal hidden layers run as one ``lax.scan`` with stacked params
+        (:func:`gradflow.layers.serial`: by default runs of 64 layers or more).
 
     Returns:
       A :class:`gradflow.Model`: the layers ``"layer1"..."layerL"``, each ``dense -> tap ->
       phi``, with a tap at every pre-activation z^l (named like its layer, so
       ``layer_grad_norms(...).hidden`` is ``sqrt(mean_x ||dC_x/dz^l_x||^2)``). Runs of equal
-      hidden layers execute as one ``lax.scan``; ``params`` is a list of segments: a layer's
+      hidden layers (64 or more by default, see ``scan``) execute as one ``lax.scan``; ``params``
+      is a list of segments: a layer's
       ``{"w": (n_{l-1}, n_l), "b": (n_l,)}``, or a run's stacked ``{"w": (k, n, n), "b": (k, n)}``
       (:func:`gradflow.layers.serial`).
     """
@@ -99,7 +104,7 @@ def mlp(
     config = MLPConfig(
         widths=widths, activation=activation, init=init, sigma_w2=sigma_w2, sigma_b2=sigma_b2,
         output_activation=output_activation, residual=bool(residual),
-        residual_scale=float(residual_scale),
+        residual_scale=float(residual_scale), scan=scan,
     )  # fmt: skip
     return mlp_from_config(config)
 
@@ -126,7 +131,7 @@ def mlp_from_config(config: MLPConfig) -> Model:
         if config.residual and not last and widths[l] == widths[l + 1]:
             block = gl.residual(block, config.residual_scale)
         blocks.append(gl.named(block, f"layer{l + 1}"))
-    net = gl.serial(*blocks)
+    net = gl.serial(*blocks, scan=config.scan)
     model = from_layers(
         net, (widths[0],), config=config, logits=config.output_activation is None,
         feature_major=feature_major, identity=("mlp", config, feature_major),
@@ -174,7 +179,7 @@ def mlp_segments(model: Model, params, what: str) -> list[tuple]:
     if not isinstance(config, MLPConfig) or config.residual:
         raise ValueError(f"{what} needs a plain (non-residual) MLP built by gradflow.mlp")
     net = model.net
-    segs = gl.segments(net.children, (config.widths[0],))
+    segs = gl.segments(net.children, (config.widths[0],), config.scan)
     entries = gl.unpack_params(params, segs, net.children)
     last = config.n_layers - 1
     out = []
@@ -190,7 +195,7 @@ def mlp_layers(model: Model, params) -> list[dict]:
     config = model.config
     if not isinstance(config, MLPConfig):
         raise ValueError("mlp_layers needs an MLP built by gradflow.mlp")
-    segs = gl.segments(model.net.children, (config.widths[0],))
+    segs = gl.segments(model.net.children, (config.widths[0],), config.scan)
     out = []
     for s, p in zip(segs, gl.unpack_params(params, segs, model.net.children), strict=True):
         if s.scanned:

@@ -20,6 +20,7 @@ from functools import wraps
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from gradflow import taps
@@ -247,11 +248,12 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
     flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
     flat_g = jax.tree.leaves(g_params)
 
+    dtype = value.dtype  # floating even when x holds token ids
     rows = {k: [] for k in ("w", "gw", "b", "gb", "wpe")}
-    names, nan = [], jnp.full((), jnp.nan, x.dtype)
+    names, nan = [], jnp.full((), jnp.nan, dtype)
     for group in groups:
         k = len(group.names)
-        zero = jnp.zeros((k,) if group.stacked else (), x.dtype)
+        zero = jnp.zeros((k,) if group.stacked else (), dtype)
         acc = {"w": zero, "gw": zero, "b": zero, "gb": zero}
         has_bias = False
         for i in group.leaves:
@@ -276,8 +278,12 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
             rows[key].append(jnp.reshape(acc[key], (k,)))
         names.extend(group.names)
     cat = lambda key: (  # noqa: E731
-        jnp.concatenate(rows[key]) if rows[key] else jnp.zeros((0,), x.dtype)
+        jnp.concatenate(rows[key]) if rows[key] else jnp.zeros((0,), dtype)
     )
+    order = _use_order(groups)
+    if order is not None:  # scanned runs: their stacked groups interleaved block by block
+        rows = {k: [jnp.concatenate(v)[order]] if v else v for k, v in rows.items()}
+        names = [names[i] for i in order]
     w_sq, gw_sq, b_sq, gb_sq = cat("w"), cat("gw"), cat("b"), cat("gb")
     weights = jnp.sqrt(gw_sq)
     weight_norms = jnp.sqrt(w_sq)
@@ -288,7 +294,7 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
         d_sq, n_zero = _example_sums([jnp.square(d), (d == 0).astype(d.dtype)], spec.batch_axis)
         hidden.append(jnp.sqrt(jnp.mean(d_sq)))
         zeros.append(jnp.sum(n_zero) / d.size)
-    stack = lambda v: jnp.stack(v) if v else jnp.zeros((0,), x.dtype)  # noqa: E731
+    stack = lambda v: jnp.stack(v) if v else jnp.zeros((0,), dtype)  # noqa: E731
     n_layers = len(names)
     return LayerGradNorms(
         params=jnp.sqrt(gw_sq + jnp.nan_to_num(gb_sq)),
@@ -304,6 +310,16 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
         names=tuple(names),
         hidden_names=tuple(specs),
     )
+
+
+def _use_order(groups):
+    """The permutation that sorts the concatenated per-name rows of ``groups`` into the order
+    the layers run, or None when they already are."""
+    keys = [k for g in groups for k in (g.keys or ((),) * len(g.names))]
+    if len(keys) != sum(len(g.names) for g in groups) or not all(keys):
+        return None
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    return None if order == list(range(len(keys))) else np.asarray(order)
 
 
 @_jit_probe

@@ -312,7 +312,8 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
     )  # fmt: skip
     if not isinstance(model, Model):
         raise ValueError(
-            f"model must be a gradflow Model (gf.mlp, gf.from_apply, ...), got {type(model).__name__}"
+            "model must be a gradflow Model (gf.mlp, gf.from_apply, ...), got "
+            f"{type(model).__name__}"
         )
     config = model.describe()  # built-ins: their config; others: their functions' code
 

@@ -215,6 +215,12 @@ def _join(prefix: str, rel: str) -> str:
     return f"{prefix}/{rel}" if rel else prefix
 
 
+def scan_layers(step, carry, stacked, extra):
+    """``lax.scan`` over the leading axis of ``stacked`` (and ``extra``):
+    ``step(carry, params_i, extra_i) -> (carry, out_i)``."""
+    return jax.lax.scan(lambda c, xs: step(c, *xs), carry, (stacked, extra))
+
+
 def scanned(body, carry, stacked_params, names: list[str]):
     """``lax.scan(body, carry, stacked_params)`` with the taps inside ``body`` made per-iteration.
 
@@ -229,7 +235,7 @@ def scanned(body, carry, stacked_params, names: list[str]):
             "inner serial with scan=False"
         )
     if parent is None:
-        return jax.lax.scan(lambda c, p: (body(p, c), None), carry, stacked_params)[0]
+        return scan_layers(lambda c, p, _: (body(p, c), None), carry, stacked_params, None)[0]
     # Discovery of the body's taps (relative names, shapes) on one iteration's abstract inputs.
     first = jax.tree.map(lambda a: a[0], stacked_params)
     probe_specs: dict[str, TapSpec] = {}
@@ -246,14 +252,13 @@ def scanned(body, carry, stacked_params, names: list[str]):
         for rel, spec in probe_specs.items()
     }
 
-    def step(c, xs):
-        p, pert = xs
+    def step(c, p, pert):
         frame = ScanFrame(pert)
         with _push(frame):
             c = body(p, c)
         return c, (frame.values, frame.records)
 
-    carry, (values, records) = jax.lax.scan(step, carry, (stacked_params, perturb))
+    carry, (values, records) = scan_layers(step, carry, stacked_params, perturb)
     for rel, v in values.items():
         parent.set_stacked(full_names[rel], v, parent.values)
     for rel, v in records.items():

@@ -17,6 +17,12 @@ from gradflow import layers as gl
 from gradflow.cnn import CNNConfig, cnn
 
 
+def _normal(seed, shape):
+    """Standard normal test data: float64 under x64, else float32. (numpy's seeded generator:
+    every new shape of jax.random.normal costs a compilation of its own.)"""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape))
+
+
 def _tol(x):
     # float32: each output sums <= 27 products of O(1) terms, rounding ~ sqrt(27) * 2^-24 each;
     # 1e-5 leaves a 10x margin. Under x64 the kernel is promoted and only summation order differs.
@@ -33,40 +39,36 @@ def _np_same_pads(spatial, window, stride):
     return pads
 
 
-def _np_windows(x, window, stride, pads):
-    """Yield (output index, patch (batch, *window, c)) of a zero-padded x (batch, *spatial, c)."""
-    xp = np.pad(x, [(0, 0), *pads, (0, 0)])
+def _np_sliding(x, window, stride, pads, reduce):
+    """y[n, p] = reduce(patch_p) at every output position p of the zero-padded x (batch,
+    *spatial, c); patch_p = xpad[:, p * stride : p * stride + window, :]."""
+    xp = np.pad(np.asarray(x, np.float64), [(0, 0), *pads, (0, 0)])
     out = [(n - k) // s + 1 for n, k, s in zip(xp.shape[1:-1], window, stride, strict=True)]
+    y = None
     for idx in np.ndindex(*out):
         cut = tuple(slice(i * s, i * s + k) for i, s, k in zip(idx, stride, window, strict=True))
-        yield idx, out, xp[(slice(None), *cut, slice(None))]
+        row = reduce(xp[(slice(None), *cut, slice(None))])
+        y = np.zeros((x.shape[0], *out, row.shape[-1])) if y is None else y
+        y[(slice(None), *idx, slice(None))] = row
+    return y
 
 
 def np_conv(x, w, b, stride, padding):
     """float64 reference: y[n, p, o] = sum_{d, i} xpad[n, p s + d, i] w[d, i, o] + b[o]."""
-    x, w, b = (np.asarray(a, np.float64) for a in (x, w, b))
+    w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
     nd = w.ndim - 2
     window, stride = w.shape[:nd], (stride,) * nd if isinstance(stride, int) else stride
     pads = _np_same_pads(x.shape[1:-1], window, stride) if padding == "SAME" else [(0, 0)] * nd
-    rows = {}
-    for idx, out, patch in _np_windows(x, window, stride, pads):
-        rows[idx] = np.tensordot(patch, w, axes=nd + 1) + b[None, :]
-    y = np.zeros((x.shape[0], *out, w.shape[-1]))
-    for idx, row in rows.items():
-        y[(slice(None), *idx, slice(None))] = row
-    return y
+    return _np_sliding(
+        x, window, stride, pads, lambda patch: np.tensordot(patch, w, axes=nd + 1) + b[None, :]
+    )
 
 
 def np_pool(x, window, stride, reduce):
-    x = np.asarray(x, np.float64)
+    """float64 reference: ``reduce`` (np.mean, np.max) over each window, VALID."""
     nd = x.ndim - 2
-    rows = {}
-    for idx, out, patch in _np_windows(x, window, stride, [(0, 0)] * nd):
-        rows[idx] = reduce(patch, axis=tuple(range(1, nd + 1)))
-    y = np.zeros((x.shape[0], *out, x.shape[-1]))
-    for idx, row in rows.items():
-        y[(slice(None), *idx, slice(None))] = row
-    return y
+    axes = tuple(range(1, nd + 1))
+    return _np_sliding(x, window, stride, [(0, 0)] * nd, lambda patch: reduce(patch, axis=axes))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -89,9 +91,8 @@ def _jacobians(layer, params, x1):
 def test_conv_matches_numpy(kernel, shape, stride, padding, key):
     layer = gc.conv(4, kernel, stride=stride, padding=padding)
     k = kernel if isinstance(kernel, tuple) else (kernel,)
-    kw, kb, kx = jax.random.split(key, 3)
-    params = {"w": jax.random.normal(kw, (*k, shape[-1], 4)), "b": jax.random.normal(kb, (4,))}
-    x = jax.random.normal(kx, (2, *shape))
+    params = {"w": _normal(1, (*k, shape[-1], 4)), "b": _normal(2, (4,))}
+    x = _normal(3, (2, *shape))
     y = layer.apply(params, x)
     want = np_conv(x, params["w"], params["b"], stride, padding)
     assert y.shape == want.shape == (2, *layer.out_shape(shape))
@@ -103,7 +104,7 @@ def test_conv_matches_numpy(kernel, shape, stride, padding, key):
 @pytest.mark.parametrize("shape", [(9, 3), (7, 6, 2)])
 def test_pool_matches_numpy(kind, window, stride, shape, key):
     layer = getattr(gc, kind)(window, stride)
-    x = jax.random.normal(key, (2, *shape))
+    x = _normal(4, (2, *shape))
     nd = len(shape) - 1
     y = layer.apply(None, x)
     reduce = np.mean if kind == "avg_pool" else np.max
@@ -113,7 +114,7 @@ def test_pool_matches_numpy(kind, window, stride, shape, key):
 
 
 def test_flatten_and_global_avg_pool(key):
-    x = jax.random.normal(key, (2, 5, 4, 3))
+    x = _normal(5, (2, 5, 4, 3))
     flat, gap = gc.flatten(), gc.global_avg_pool()
     np.testing.assert_array_equal(np.asarray(flat.apply(None, x)), np.asarray(x).reshape(2, 60))
     assert flat.out_shape((5, 4, 3)) == (60,) and gap.out_shape((5, 4, 3)) == (3,)
@@ -140,8 +141,11 @@ JAC_CASES = [
 
 @pytest.mark.parametrize("layer, shape", JAC_CASES, ids=lambda v: getattr(v, "kind", str(v)))
 def test_jacobian_matches_jacfwd(layer, shape, key):
-    params = layer.init(key, shape, {}) if layer.has_params else None
-    x1 = jax.random.normal(jax.random.fold_in(key, 1), shape)
+    params = None
+    if layer.has_params:  # random weights (and biases) of the shapes init draws
+        draw = jax.eval_shape(lambda k: layer.init(k, shape, {}), key)
+        params = jax.tree.map(lambda s: _normal(s.size, s.shape), draw)
+    x1 = _normal(6, shape)
     j, jf = _jacobians(layer, params, x1)
     assert (layer.jac is None) == (layer.kind == "max_pool")  # max pool: the jacfwd fallback
     # Every entry is one weight (or 1/window) times 1 plus exact zeros on both routes, so they
@@ -153,7 +157,7 @@ def test_cnn_jacobian_chain_matches_jacfwd(key):
     # pool=None and equal channels: conv2/conv3 run as one lax.scan, walked as one by jacobian.
     model = cnn((6, 6, 1), (2, 3, 3), pool=None)
     params = model.init(key)
-    x1 = jax.random.normal(jax.random.fold_in(key, 1), (6, 6, 1))
+    x1 = _normal(7, (6, 6, 1))
     j, jf = _jacobians(model.net, params, x1)
     # A product of 5 float32 matrices summed in another order: 1e-5 of the largest entry.
     scale = float(jnp.max(jnp.abs(jf)))
@@ -211,10 +215,11 @@ def test_orthogonal_init_is_semi_orthogonal_when_flattened(key):
 # The built-in CNN
 
 
-def _mnist_like(key, batch=8):
-    kx, ky = jax.random.split(key)
-    x = jax.random.uniform(kx, (batch, 28, 28, 1))
-    return x, jax.random.randint(ky, (batch,), 0, 10)
+def _mnist_like(batch=8):
+    """Pixels uniform in [0, 1) and labels 0..9, the shapes of MNIST."""
+    gen = np.random.default_rng(8)
+    x = gen.uniform(size=(batch, 28, 28, 1)).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(gen.integers(0, 10, batch), jnp.int32)
 
 
 def test_cnn_structure(key):
@@ -228,17 +233,21 @@ def test_cnn_structure(key):
         {"w": (3, 3, 16, 32), "b": (32,)},
         {"w": (7 * 7 * 32, 10), "b": (10,)},
     ]
-    x, _ = _mnist_like(key, batch=3)
+    x, _ = _mnist_like(batch=3)
     assert jax.eval_shape(model.apply, params, x).shape == (3, 10)
     specs, _ = gf.taps.discover(model.apply, params, x)
     assert list(specs) == ["conv1", "conv2"]
     assert specs["conv2"].shape == (3, 14, 14, 32)
     assert dict(specs["conv1"].meta) == {"activation": "relu"}
+    one_d = cnn((16, 2), (4, 6), 3, kernel=5, pooling="avg")  # (length, channels): 1-D convs
+    shapes = jax.eval_shape(one_d.init, key)
+    assert shapes[1]["w"].shape == (5, 4, 6)
+    assert jax.eval_shape(one_d.apply, shapes, jnp.zeros((3, 16, 2))).shape == (3, 3)
 
 
 def test_cnn_probes_and_sweep(key):
     model = cnn()
-    x, y = _mnist_like(key)
+    x, y = _mnist_like()
     norms = gf.layer_grad_norms(model, model.init(key), x, y, loss="xent")
     assert norms.names == ("conv1", "conv2", "readout")
     assert norms.hidden_names == ("conv1", "conv2")
@@ -253,10 +262,10 @@ def test_cnn_probes_and_sweep(key):
 
 
 def test_cnn_scanned_blocks_keep_names(key):
-    model = cnn((8, 8, 1), (2, 4, 4, 4), pool=None, pooling="avg")
+    model = cnn((8, 8, 1), (2, 4, 4, 4), pool=None, pooling="avg", scan=True)
     params = jax.eval_shape(model.init, key)
     assert params[2]["w"].shape == (2, 3, 3, 4, 4)  # conv3 and conv4 stacked
-    x = jax.random.normal(key, (2, 8, 8, 1))
+    x = _normal(9, (2, 8, 8, 1))
     # Traced, not run (the probe's names are static): the taps of a scanned run get one name each.
     probe = functools.partial(gf.layer_grad_norms, model, loss="xent")
     norms = jax.eval_shape(probe, params, x, jnp.array([1, 2]))
@@ -283,6 +292,12 @@ def _apply(layer, shape, x_shape):
     return layer.apply(params, jnp.zeros(x_shape))
 
 
+def _probe_without_channel_axis():
+    model = cnn()
+    x, y = jnp.zeros((2, 28, 28)), jnp.zeros((2,), jnp.int32)
+    return gf.layer_grad_norms(model, jax.eval_shape(model.init, jax.random.key(0)), x, y)
+
+
 BAD = [
     (_init(gc.conv(4, (3, 3)), (9, 3)), "one example of shape \\(height, width, channels\\)"),
     (_init(gc.conv(4, 3), (5,)), "one example of shape"),
@@ -294,17 +309,14 @@ BAD = [
     (lambda: gc.conv(4, 3, padding="full"), "unknown padding 'full'; choose 'SAME' or 'VALID'"),
     (lambda: gc.conv(4, (3, 3, 3)), "kernel must be a positive int or a tuple of 1 or 2"),
     (lambda: gc.conv(4, 3, sigma_w2=2.0), "only apply to init='gaussian'"),
+    (lambda: gc.avg_pool((2, 2), stride=(1,)), "different lengths"),
     (lambda: cnn((4, 4, 1), (2, 2, 2)), "larger than the input"),
     (lambda: cnn((28,)), "one example of shape"),
     (lambda: cnn(pooling="mean"), "unknown pooling 'mean'; choose one of: max, avg"),
     (lambda: cnn(channels=()), "channels must be a non-empty tuple"),
     (lambda: cnn(activation="swish"), "unknown activation"),
     (lambda: cnn().init(jax.random.key(0), sigma_w2=2.0), "drop the override"),
-    (
-        lambda: gf.layer_grad_norms(cnn(), cnn().init(jax.random.key(0)), jnp.zeros((2, 28, 28)),
-                                    jnp.zeros((2,), jnp.int32), loss="xent"),  # fmt: skip
-        "x must have shape \\(batch, 28, 28, 1\\)",
-    ),
+    (_probe_without_channel_axis, "x must have shape \\(batch, 28, 28, 1\\)"),
 ]
 
 

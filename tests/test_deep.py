@@ -22,7 +22,7 @@ def _unstacked(params):
 
 def test_deep_mlp_params_are_stacked_and_log_backprop_is_autodiff():
     sigmas = dict(sigma_w2=1.7, sigma_b2=0.2)
-    model = mlp([12] * 6, "tanh", "gaussian", **sigmas)
+    model = mlp([12] * 6, "tanh", "gaussian", scan=True, **sigmas)
     params = jax.jit(model.init)(jax.random.key(11))
     assert [p["w"].shape for p in params] == [(4, 12, 12), (12, 12)]  # one scanned run + output
     x = jax.random.normal(jax.random.key(1), (3, 12))
@@ -46,7 +46,7 @@ def test_deep_mlp_params_are_stacked_and_log_backprop_is_autodiff():
 
 def test_log_grad_sq_with_unequal_first_layer_and_a_run():
     # Segments: layer1 (5 -> 8) alone, a run of 3 equal layers, the output layer.
-    model = mlp([5, 8, 8, 8, 8, 3], "erf", "gaussian", sigma_w2=1.3)
+    model = mlp([5, 8, 8, 8, 8, 3], "erf", "gaussian", sigma_w2=1.3, scan=True)
     params = model.init(jax.random.key(4))
     x = jax.random.normal(jax.random.key(1), (4, 5))
     y = jax.random.normal(jax.random.key(2), (4, 3))
