@@ -209,6 +209,14 @@ def from_layers(
 # Groups
 
 
+def leaf_groups(model: Model, params, x) -> list[LeafGroup]:
+    """The model's layers as groups of parameter leaves: ``model.groups`` or, when it has none,
+    the default grouping of any pytree (:func:`path_groups`)."""
+    if model.groups is not None:
+        return model.groups(params, x)
+    return path_groups(params, x, model.apply)
+
+
 def path_str(path) -> str:
     """``"layers/0/w"`` for a jax key path."""
     parts = []

@@ -25,7 +25,7 @@ from jax import lax
 
 from gradflow import taps
 from gradflow.losses import check_targets, get_loss
-from gradflow.models import Model, check_inputs, check_params
+from gradflow.models import Model, check_inputs, check_params, leaf_groups
 
 BIAS_NAMES = frozenset({"b", "bias", "beta", "offset"})
 """Leaf names counted as biases (the rest are weights) when a layer has both."""
@@ -244,7 +244,7 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
       Nielsen 2015, *Neural Networks and Deep Learning*, ch. 5; Glorot & Bengio 2010.
     """
     value, g_params, g_taps, values, records, specs = backward(model, params, x, y, loss)
-    groups = model.groups(params, x)
+    groups = leaf_groups(model, params, x)
     flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
     flat_g = jax.tree.leaves(g_params)
 

@@ -204,3 +204,19 @@ def test_cli_resumes_a_matching_out_and_refuses_a_different_one(tmp_path, capsys
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "different sweep (keys" in err and "delete" in err
+
+
+def test_models_sharing_a_config_never_share_a_program_or_a_run(tmp_path):
+    # Two custom models with one config but other functions: each gets its own compiled program
+    # (different results) and a run directory of one is refused by the other.
+    x, y = _data()
+    base = MODEL
+    doubled = gf.Model(init=base.init, apply=lambda p, x: 2 * base.apply(p, x), config=base.config)
+    shifted = gf.Model(init=base.init, apply=lambda p, x: base.apply(p, x) + 1, config=base.config)
+    a = gf.sweep(gf.layer_grad_norms, doubled, 4, x, y, loss="mse", quiet=True)
+    b = gf.sweep(gf.layer_grad_norms, shifted, 4, x, y, loss="mse", quiet=True)
+    assert not np.allclose(a.loss, b.loss)
+    run_dir = tmp_path / "run"
+    gf.sweep(gf.layer_grad_norms, doubled, 4, x, y, loss="mse", quiet=True, run_dir=run_dir)
+    with pytest.raises(ValueError, match=r"different sweep \(model\.apply: stored"):
+        gf.sweep(gf.layer_grad_norms, shifted, 4, x, y, loss="mse", quiet=True, run_dir=run_dir)
