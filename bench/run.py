@@ -39,8 +39,11 @@ import gradflow
 from gradflow import data
 from gradflow.nets import mlp_layers
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import transformer_bench  # noqa: E402
+
 HERE = pathlib.Path(__file__).resolve().parent
-SECTIONS = ("matmul", "a", "b", "memory", "devices", "spectra")
+SECTIONS = ("matmul", "a", "b", "transformer", "memory", "devices", "spectra")
 
 FULL = dict(
     matmul_n=2048, rounds=5,
@@ -49,6 +52,7 @@ FULL = dict(
     mem_seeds=(256, 4096), mem_chunk=256, dev_seeds=256,
     spec_width=256, spec_depth=50, spec_seeds=16, spec_chunk=16, spec_batch=4,
     deep_depth=1000, deep_batch=2,
+    t_depth=12, t_width=256, t_heads=4, t_seq=64, t_batch=16, t_seeds=16, t_chunk=8, t_rounds=2,
 )  # fmt: skip
 QUICK = dict(
     matmul_n=512, rounds=1,
@@ -57,6 +61,7 @@ QUICK = dict(
     mem_seeds=(16, 64), mem_chunk=16, dev_seeds=16,
     spec_width=32, spec_depth=5, spec_seeds=4, spec_chunk=4, spec_batch=2,
     deep_depth=100, deep_batch=1,
+    t_depth=2, t_width=32, t_heads=4, t_seq=8, t_batch=4, t_seeds=4, t_chunk=2, t_rounds=1,
 )  # fmt: skip
 
 
@@ -539,6 +544,10 @@ def main(argv=None) -> dict:
     sections = {
         "a": ("workload_a", lambda: workload_a(cfg, use_torch)),
         "b": ("workload_b", lambda: workload_b(cfg, use_torch)),
+        "transformer": (
+            "transformer",
+            lambda: transformer_bench.workload(cfg, interleaved, matmul_fn, gflops, block),
+        ),
         "memory": ("memory", lambda: memory(cfg, args.quick)),
         "devices": ("devices", lambda: devices(cfg, args.quick)),
         "spectra": ("spectra", lambda: spectra(cfg, args.quick)),
@@ -571,6 +580,10 @@ def targets(results: dict) -> dict:
         r = results["workload_b"]["results"]
         frac = max(v["fraction_of_peak"] for k, v in r.items() if k.startswith("gradflow.sweep"))
         checks["B: >= 50% of the matmul peak, init included"] = (frac >= 0.5, f"{frac:.0%}")
+    if "transformer" in results:
+        ratio = results["transformer"]["gradflow_over_hand"]
+        name = "transformer: gradflow within 1.1x of hand-written jax.vmap(jax.grad)"
+        checks[name] = (ratio <= 1.1, f"{ratio:.2f}x")
     if "memory" in results:
         ratio = results["memory"]["ratio"]
         seeds = results["memory"]["seeds"]

@@ -46,6 +46,7 @@ def compute(cfg: dict) -> dict[str, np.ndarray]:
         # Square hidden-to-hidden Jacobians J^2..J^hidden: (seeds, images, width) each.
         out[f"{name}/mean_sv"] = np.stack([s.mean(axis=(1, 2)) for s in sv[1 : cfg["hidden"]]], 1)
         grads = gf.sweep(gf.preact_grads, model, cfg["seeds"], x, y, loss="xent")
+        grads = list(grads.values())  # per tap (the pre-activations z^1..z^L), in order
         out[f"{name}/backprop_std"] = np.stack([g.std(axis=(1, 2)) for g in grads[:-1]], 1)
         out[f"{name}/backprop_sample"] = np.stack([g[0].ravel()[:20000] for g in grads[:-1]])
         norms = gf.sweep(gf.layer_grad_norms, model, cfg["seeds"], x, y, loss="xent")

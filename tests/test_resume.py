@@ -118,7 +118,7 @@ def test_corrupted_and_partial_chunks_are_recomputed_not_loaded(tmp_path, saved_
     path = chunks / "00000001.chunk"
     header, _ = path.read_bytes().split(b"\n", 1)
     fake = io.RunDir(run_dir, {}, None)
-    fake.save_chunk(1, [np.zeros_like(a[4:8]) for a in reference])
+    fake.save_chunk(1, [np.zeros_like(a[4:8]) for a in jax.tree.leaves(reference)])
     path.write_bytes(header + b"\n" + path.read_bytes().split(b"\n", 1)[1])
     # chunk 3: the file was cut short
     path = chunks / "00000003.chunk"
@@ -128,7 +128,7 @@ def test_corrupted_and_partial_chunks_are_recomputed_not_loaded(tmp_path, saved_
     (chunks / f"{io._TEMP}00000004.chunk.123.abcd").write_bytes(path.read_bytes()[:50])
     path.unlink()
     # chunk 5: right checksum but the wrong shapes (a file from some other run)
-    fake.save_chunk(5, [np.zeros((3, 7), np.float32)] * len(reference))
+    fake.save_chunk(5, [np.zeros((3, 7), np.float32)] * len(jax.tree.leaves(reference)))
 
     saved_chunks.clear()
     resumed = _sweep(run_dir)

@@ -43,7 +43,8 @@ SCRIPT = textwrap.dedent(
     job = S._prepare(gf.layer_grad_norms, model, 37, (x, y), {"loss": "mse"}, None, None, None, 8)
     out = S._run_chunk(*S._inputs(job, 0, 24), **job.static)  # 3 groups of 8, one seed each
     group_rows = sorted({s.data.shape[0] for s in out.weights.addressable_shards})
-    err = lambda a, b: max(float(np.max(np.abs(u - v) / (np.abs(v) + 1e-6))) for u, v in zip(a, b))
+    pairs = lambda a, b: zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    err = lambda a, b: max(float(np.max(np.abs(u - v) / (np.abs(v) + 1e-6))) for u, v in pairs(a, b))
     json.dump({
         "n_devices_used": len(out.weights.sharding.device_set),
         "shard_rows": shard_rows,
