@@ -269,12 +269,10 @@ def run_metadata() -> dict:
     """Library versions, the devices in use and the git commit of the gradflow checkout."""
     import jax
 
-    import gradflow
-
     devices = jax.devices()
     return {
         "versions": {
-            "gradflow": gradflow.__version__,
+            "gradflow": _version("gradflow"),  # installed metadata: io never imports the package
             "jax": jax.__version__,
             "jaxlib": getattr(jax.lib, "__version__", None) or _version("jaxlib"),
             "numpy": np.__version__,

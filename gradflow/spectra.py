@@ -1,55 +1,46 @@
-"""Jacobian spectra of MLPs: layer Jacobians and the input-output spectrum, stable at any depth.
+"""Jacobian spectra of any model: layer Jacobians and the input-output spectrum at any depth.
 
-Notation (as in :mod:`gradflow.models`, row vectors): ``z^l = a^{l-1} W^l + b^l``, ``a^0 = x``,
-hidden ``a^l = phi(z^l)`` (``a^{l-1} + phi(z^l)`` for a residual layer) and the output
-``f(x) = a^L = phi_out(z^L)``. The variable differentiated is the post-activation ``a^l``. As a
-matrix acting on column vectors, shape (n_l, n_{l-1}), the layer Jacobian is::
+The input-output Jacobian of one example is ``J = df(x)/dx`` of ``model.apply`` (n_out, n_in),
+the example's input and output flattened. For a model built from gf layers (``model.net``:
+:func:`gradflow.mlp`, :func:`gradflow.from_layers`) J is the product of the leaf Jacobians that
+:func:`gradflow.layers.walk` hands out: matrices (dense, residual ``I + s J_branch``, others by
+``jax.jacfwd``) and diagonals (activations, taps). For :func:`gradflow.mlp` (row vectors,
+``z^l = a^{l-1} W^l + b^l``, ``a^l = phi(z^l)``, or ``a^{l-1} + s phi(z^l)`` if residual, output
+``a^L = phi_out(z^L)``) the layer Jacobians, acting on column vectors, are::
 
     J^l = da^l/da^{l-1} = diag(phi'(z^l)) (W^l)^T           hidden layer
-    J^l = I + diag(phi'(z^l)) (W^l)^T                       residual layer (n_l = n_{l-1})
+    J^l = I + s diag(phi'(z^l)) (W^l)^T                     residual layer (n_l = n_{l-1})
     J^L = diag(phi_out'(z^L)) (W^L)^T                       output layer (phi_out' = 1 if None)
 
-and the input-output Jacobian ``df/dx = J^L ... J^1`` (n_L, n_0) is the Jacobian of
-``model.apply``: it includes the output activation.
+and ``J = J^L ... J^1`` includes the output activation.
 
-How the input-output singular values are computed (``method=``):
+Input-output singular values (``method=``):
 
-* ``"dense"``: multiply the J^l, then SVD. Exact up to rounding while the product stays inside
-  the float range, but singular values below ~eps * sigma_max are rounding noise, and in float32
-  a few hundred non-isometric layers overflow or underflow.
-* ``"lyapunov"``: the classic QR method (Benettin et al. 1980; Shimada & Nagashima 1979):
-  ``Q_0 = I``, ``J^l Q_{l-1} = Q_l R_l``, returning the sorted ``sum_l log|diag R_l|``. Exact:
-  ``J = Q_L (R_L ... R_1)``, so for square layers the *sum* of the values is exactly
-  ``log|det J|``, and each value is exact when the triangular product is diagonal (every J^l
-  orthogonal: all 0). In general the values are Lyapunov-style estimates: writing the product
-  as ``diag(e^tau) N`` with N unit upper triangular, ``|log sigma_i - tau_(i)| <= log cond(N)``,
-  which stays O(1) as depth grows when the exponents are distinct (Oseledets), so
-  ``tau_i / L`` converges to the Lyapunov exponents with an O(1/L) bias, while ``log sigma_i``
-  itself can be off by O(1) at any depth. Cheapest (one matmul and one QR per layer).
-* ``"exact"`` (default): keeps ``J^l ... J^1 = Q diag(e^s) T`` *exactly* at every depth (Q
-  orthonormal columns, log-scales s, T with unit-norm rows) by graded, pre-pivoted QR (the
-  "UDT" stabilisation of Loh et al. 1992 and Bai et al. 2011): each layer forms
-  ``A = J^l Q``, orders its columns by ``s_j + log||A_j||``, factors ``A = Q' R`` and folds
-  ``R diag(e^s)`` into the rows of T using only exponentials of non-positive differences (no
-  overflow, underflow only of negligible terms). At the end a one-sided Jacobi SVD of the
-  rows of ``diag(e^s) T``, with every rotation computed from ``e^{s_q - s_p} <= 1`` and
-  cosines, returns the true singular values in log form at any depth. Jacobi is accurate in
-  the relative sense for such graded matrices (Demmel & Veselic 1992), so the error in
-  ``log sigma_i`` is absolute, ~eps per layer, whatever the magnitude of sigma_i. There is no
-  approximation regime beyond rounding: what grows with depth is the rounding error (up to
-  ~L * eps * cond(J^l) in log sigma), not a truncation. Cost ~3 matmuls and 1 QR per layer.
+* ``"dense"``: ``jax.jacfwd`` of ``model.apply`` at one example, then an SVD; any model (also
+  :func:`gradflow.from_apply`). Exact up to rounding while J fits the float range, but values
+  below ~eps * sigma_max are noise, and in float32 a few hundred non-isometric layers overflow.
+* ``"lyapunov"`` (gf-layer models): the classic QR method, one QR per matrix layer. The values
+  sum to ``log|det J|`` exactly and estimate each ``log sigma_i`` to O(1) at any depth
+  (Lyapunov exponents with an O(1/L) bias). Cheapest.
+* ``"exact"`` (default; gf-layer models): graded, pre-pivoted QR accumulation and a one-sided
+  Jacobi SVD in the log domain: the true ``log sigma_i`` at any depth, to ~eps per layer
+  (absolute) whatever sigma_i's magnitude. ~3 matmuls and 1 QR per matrix layer.
 
-Equal-shape layers are stacked and run through ``lax.scan``, so depth 10,000 compiles to one
-loop. Every public function takes ``(model, params, x, ...)``, so ``gradflow.sweep`` can add a
-seed axis.
+:mod:`gradflow.linalg` holds the factorisations (and says when each is exact) and the summaries
+(:func:`spectrum_summary`, :func:`spectral_density`, re-exported here). Diagonal factors
+scale the running factor without a QR, so an MLP layer (dense, tap, phi) costs one QR. Scanned
+runs of identical layers are walked by one ``lax.scan`` (depth 10,000 compiles to one loop), and
+each function is one jitted program per structure (``model.net.spec``) and input shape. Every
+public function takes ``(model, params, x, ...)`` for one seed; ``gradflow.sweep`` adds seeds.
 
 References: Pennington, Schoenholz & Ganguli 2017 (arXiv:1711.04735); Saxe et al. 2014
 (arXiv:1312.6120); Newman 1986 and Cohen & Newman 1984 (Lyapunov exponents of Gaussian
-products); Demmel & Veselic 1992 (SIAM J. Matrix Anal. Appl. 13, 1204).
+products); Glorot & Bengio 2010 (layer Jacobians at initialisation).
 """
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 from typing import NamedTuple
 
@@ -58,141 +49,246 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gradflow.models import ACTIVATIONS, MLPConfig, Model, check_inputs
+from gradflow import layers as gl
+from gradflow import linalg
+from gradflow.linalg import SpectrumSummary, spectral_density, spectrum_summary
+from gradflow.models import Model, check_inputs, path_str
+
+__all__ = [
+    "METHODS",
+    "SpectrumSummary",
+    "jacobian_singular_values",
+    "layer_jacobians",
+    "layer_singular_values",
+    "spectral_density",
+    "spectrum_summary",
+]
 
 METHODS = ("exact", "lyapunov", "dense")
 """Input-output spectrum methods, see the module docstring."""
 
-_MAX_SWEEPS = 40  # Jacobi converges quadratically; typically 6-12 sweeps
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+class _Net:
+    """A gf layer as a static ``jit`` argument, equal by its spec (equal specs and input shapes
+    mean equal computations), so models differing only in init or names share one program."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer: gl.Layer):
+        self.layer = layer
+
+    def __eq__(self, other):
+        return isinstance(other, _Net) and self.layer.spec == other.layer.spec
+
+    def __hash__(self):
+        return hash(self.layer.spec)
+
+
+def _net(model, fn: str, hint: str = "use method='dense' or ") -> gl.Layer:
+    """The model's gf layer composition, or a ValueError saying what to do instead."""
+    if not isinstance(model, Model):
+        raise ValueError(f"{fn} takes a gradflow Model (gf.mlp, gf.from_layers, gf.from_apply)")
+    if model.net is None:
+        raise ValueError(
+            f"{fn} needs a model built from gf layers (gf.mlp, gf.from_layers), and this model "
+            f"has no .net (e.g. gf.from_apply): {hint}build it from gf layers"
+        )
+    return model.net
+
+
+@functools.lru_cache(maxsize=32)
+def _init_shapes(model: Model):
+    flat, tree = jax.tree_util.tree_flatten_with_path(jax.eval_shape(model.init, jax.random.key(0)))
+    return tree, tuple((path_str(p), a.shape) for p, a in flat)
+
+
+def _check(model: Model, params, x, fn: str, batch: bool = True) -> None:
+    """Fail early: x a floating batch (or one example) of the model's input shape, and params
+    with the tree and leaf shapes ``model.init`` gives."""
+    if not isinstance(model, Model):
+        raise ValueError(f"{fn} takes a gradflow Model (gf.mlp, gf.from_layers, gf.from_apply)")
+    if batch:
+        check_inputs(model, x)
+    else:
+        shape, want = tuple(jnp.shape(x)), model.in_shape
+        if len(shape) != len(want) or any(
+            w not in (None, d) for w, d in zip(want, shape, strict=True)
+        ):
+            raise ValueError(
+                f"{fn} takes one example x of shape {want}, got {shape}; vmap it for a batch"
+            )
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise ValueError(
+            f"{fn} differentiates with respect to x: it must be floating, not {x.dtype}"
+        )
+    if model.net is None:
+        return
+    tree, want = _init_shapes(model)
+    flat, got = jax.tree_util.tree_flatten_with_path(params)
+    if got != tree:
+        raise ValueError(
+            f"{fn}: params do not match this model: model.init gives {str(tree)[:120]}, got "
+            f"{str(got)[:120]}; pass what model.init returned (one seed)"
+        )
+    for (path, shape), (_, leaf) in zip(want, flat, strict=True):
+        if jnp.shape(leaf) != shape:
+            raise ValueError(
+                f"{fn}: params leaf {path!r} has shape {jnp.shape(leaf)}, model.init gives {shape}"
+            )
+
+
+def _dtype(params, x1):
+    return jnp.result_type(*(leaf.dtype for leaf in jax.tree.leaves(params)), x1.dtype)
 
 
 # --------------------------------------------------------------------------------------------
-# Validation and the layer walk
+# The walk's leaf Jacobians, unrolled
+
+_MARK = 0x5EC70000  # step markers in the discovery jaxpr: an int32 xor with _MARK + position
 
 
-def _check(model: Model, params, fn: str) -> MLPConfig:
-    config = getattr(model, "config", None)
-    if not isinstance(config, MLPConfig):
-        raise ValueError(
-            f"{fn} needs an MLP built by gradflow.mlp, got a model with config "
-            f"{type(config).__name__}; Jacobian spectra of RNNs/LSTMs are not supported"
-        )
-    widths = config.widths
-    if not isinstance(params, (list, tuple)) or len(params) != config.n_layers:
-        n = len(params) if isinstance(params, (list, tuple)) else type(params).__name__
-        raise ValueError(f"params must be a list of {config.n_layers} layer dicts, got {n}")
-    for l, layer in enumerate(params):
-        want = ((widths[l], widths[l + 1]), (widths[l + 1],))
-        got = (jnp.shape(layer["w"]), jnp.shape(layer["b"]))
-        if got != want:
-            raise ValueError(f"params[{l}] w/b have shapes {got}, expected {want} from widths")
-    return config
+def _class(jac) -> tuple[str, tuple[int, ...]]:
+    """A leaf Jacobian's shape class ("d8": diagonal, "m8x4": matrix) and stored shape."""
+    if isinstance(jac, gl.Diag):
+        return f"d{jac.d.shape[0]}", jac.d.shape
+    return f"m{jac.shape[0]}x{jac.shape[1]}", jac.shape
 
 
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+def _leaf_classes(layer: gl.Layer, params, x1) -> list[tuple]:
+    """:func:`_class` of every leaf Jacobian the walk of one example hands out, in order.
 
-
-def _runs(config: MLPConfig) -> list[tuple[int, int, str]]:
-    """Maximal runs ``(start, stop, kind)`` of consecutive layers with the same shape and kind."""
-    widths, n = config.widths, config.n_layers
-
-    def sig(l):
-        if l == n - 1:
-            kind = "output"
-        elif config.residual and widths[l] == widths[l + 1]:
-            kind = "residual"
-        else:
-            kind = "plain"
-        return kind, widths[l], widths[l + 1]
-
-    runs, start = [], 0
-    for l in range(1, n + 1):
-        if l == n or sig(l) != sig(start):
-            runs.append((start, l, sig(start)[0]))
-            start = l
-    return runs
-
-
-def _layer(config: MLPConfig, kind: str, a, w, b):
-    """One example through one layer: ``(a^l, J^l)`` with ``J^l`` of shape (n_l, n_{l-1})."""
-    name = (config.output_activation or "linear") if kind == "output" else config.activation
-    z = a @ w + b
-    # phi is elementwise, so a JVP with ones gives phi'(z) exactly as autodiff defines it (e.g.
-    # relu'(0) = 0), matching jax.jacfwd.
-    h, dphi = jax.jvp(ACTIVATIONS[name], (z,), (jnp.ones_like(z),))
-    jac = dphi[:, None] * w.T
-    if kind == "residual":
-        return a + h, jac + jnp.eye(w.shape[0], dtype=jac.dtype)
-    return h, jac
-
-
-def _structure(config: MLPConfig) -> MLPConfig:
-    """The config with only what the Jacobians depend on (init and variances reset), so nets
-    that differ only in their init share one compiled program."""
-    return MLPConfig(
-        widths=config.widths,
-        activation=config.activation,
-        output_activation=config.output_activation,
-        residual=config.residual,
-    )
-
-
-def _stack(config: MLPConfig, params) -> list[tuple[jax.Array, jax.Array]]:
-    """``(w, b)`` of each run of equal-shape layers, stacked on a new leading axis.
-
-    Concrete params are stacked with numpy: jitting a 10,000-operand concatenate takes minutes,
-    copying 10,000 small arrays takes milliseconds. Traced params (inside ``sweep``) must use
-    ``jnp.stack``.
+    ``walk`` returns no per-step outputs and calls ``step`` once per leaf *at trace time*, once
+    per run of a ``lax.scan``. So each traced call xors a marker into the state, and the jaxpr
+    says where the markers sit and how often each scan runs (:func:`_unroll`).
     """
-    stacked = []
-    for start, stop, _ in _runs(config):
-        layers = params[start:stop]
-        try:
-            w = jnp.asarray(np.stack([np.asarray(p["w"]) for p in layers]))
-            b = jnp.asarray(np.stack([np.asarray(p["b"]) for p in layers]))
-        except jax.errors.TracerArrayConversionError:
-            w, b = jnp.stack([p["w"] for p in layers]), jnp.stack([p["b"] for p in layers])
-        stacked.append((w, b))
-    return stacked
+    seen = []
+
+    def step(tag, jac):
+        seen.append(_class(jac))
+        return lax.bitwise_xor(tag, np.int32(_MARK + len(seen) - 1))
+
+    tag = jax.ShapeDtypeStruct((), jnp.int32)  # an input, so no xor is constant-folded
+    closed = jax.make_jaxpr(lambda p, x, t: gl.walk(layer, p, x, step, t)[1])(params, x1, tag)
+    return [seen[i] for i in _unroll(closed.jaxpr, len(seen))]
 
 
-def _walk(config: MLPConfig, stacked, x, step, state):
-    """Run one example x (n_0,) forward, ``state, out = step(state, J^l)`` at every layer.
+def _unroll(jaxpr, n: int) -> list[int]:
+    """Marker positions in execution order: a scan's body repeated ``length`` times."""
+    out = []
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "xor":
+            vals = [np.asarray(getattr(v, "val", 0.5)) for v in eqn.invars]  # literals: .val
+            ids = [int(v) - _MARK for v in vals if v.ndim == 0 and v.dtype.kind in "iu"]
+            out += [i for i in ids if 0 <= i < n]
+            continue
+        subs = [
+            getattr(v, "jaxpr", v)
+            for p in eqn.params.values()
+            for v in (p if isinstance(p, (tuple, list)) else (p,))
+            if hasattr(getattr(v, "jaxpr", v), "eqns")
+        ]
+        inner = [i for sub in subs for i in _unroll(sub, n)]
+        if inner and name == "scan":
+            out += inner * int(eqn.params["length"])
+        elif inner and len(subs) == 1 and name not in ("while", "cond"):  # a call: jit, remat
+            out += inner
+        elif inner:
+            raise ValueError(
+                f"a gf layer's walk steps inside a {name!r}; per-layer spectra can only count "
+                "the steps of plain and scanned (lax.scan) walks"
+            )
+    return out
 
-    Each run of equal-shape layers is one ``lax.scan`` over its stacked params (from
-    :func:`_stack`); within a run the state's shapes cannot change (a run longer than one layer
-    has n_in = n_out), while a single layer may shrink them (a narrower layer).
 
-    Returns:
-      ``(state, outs)`` with ``outs`` the list of the L per-layer ``out`` (empty if None).
+class _Plan(NamedTuple):
+    """How one example's leaf Jacobians group into layers (see :func:`layer_jacobians`).
+
+    ``shapes``: per class, (count, *shape) of its buffer; ``groups``: per layer, its matrix leaf
+    and the diagonal leaves after it, as (class, index); ``lead``: diagonal leaves before the
+    first matrix leaf; ``order``: where each layer sits in :func:`_layer_arrays`' output.
     """
-    a, outs = x, []
-    for (start, stop, kind), (w, b) in zip(_runs(config), stacked, strict=True):
 
-        def body(carry, wb, kind=kind):
-            a, state = carry
-            a, jac = _layer(config, kind, a, *wb)
-            state, out = step(state, jac)
-            return (a, state), out
+    shapes: dict
+    groups: list
+    lead: list
+    order: list
 
-        if stop - start == 1:
-            (a, state), out = body((a, state), (w[0], b[0]))
-            outs.append(out)
+
+@functools.lru_cache(maxsize=32)
+def _plan(net: _Net, tree, avals: tuple) -> _Plan:
+    shapes, groups, lead = {}, [], []
+    for cls, shape in _leaf_classes(net.layer, jax.tree.unflatten(tree, avals[:-1]), avals[-1]):
+        step = (cls, shapes.get(cls, (0,))[0])
+        shapes[cls] = (step[1] + 1, *shape)
+        if cls[0] == "m":
+            groups.append((step, []))
         else:
-            (a, state), out = lax.scan(body, (a, state), (w, b))
-            outs.extend(jax.tree.map(lambda o, i=i: o[i], out) for i in range(stop - start))
-    return state, [o for o in outs if o is not None]
+            (groups[-1][1] if groups else lead).append(step)
+    return _Plan(shapes, groups, lead, [g[0] for g in groups] if groups else [("diag", 0)])
 
 
-@partial(jax.jit, static_argnames=("config", "what"))
-def _per_layer(config: MLPConfig, stacked, x, what: str):
-    """``what="jacobian"``: the J^l at one example x; ``"svd"``: their singular values."""
+def _plan_of(net: _Net, params, x1) -> _Plan:
+    """The cached plan for these shapes (traced once per structure and shapes)."""
+    leaves, tree = jax.tree.flatten(params)
+    dtype = jax.dtypes.canonicalize_dtype
+    avals = tuple(jax.ShapeDtypeStruct(jnp.shape(a), dtype(a.dtype)) for a in (*leaves, x1))
+    return _plan(net, tree, avals)
+
+
+def _layer_arrays(layer, plan: _Plan, params, x1, svd: bool) -> dict:
+    """One example's layer Jacobians stacked by shape class (``plan.order`` indexes them), or
+    their singular values if ``svd``. The walk writes every leaf into its class's buffer (a
+    scan-safe state), then each class folds its diagonals in at once."""
+    dtype = _dtype(params, x1)
+
+    def record(state, jac):
+        index, bufs = state
+        cls, _ = _class(jac)
+        value = (jac.d if isinstance(jac, gl.Diag) else jac).astype(dtype)
+        return {**index, cls: index[cls] + 1}, {**bufs, cls: bufs[cls].at[index[cls]].set(value)}
+
+    index = {c: jnp.zeros((), jnp.int32) for c in plan.shapes}
+    bufs = {c: jnp.zeros(shape, dtype) for c, shape in plan.shapes.items()}
+    _, (_, bufs) = gl.walk(layer, params, x1, record, (index, bufs))
+
+    def diag_product(steps, n):
+        return jnp.prod(jnp.stack([jnp.ones((n,), dtype)] + [bufs[c][i] for c, i in steps]), 0)
+
+    arrays = {}
+    if not plan.groups:  # elementwise layers only: one diagonal layer
+        arrays["diag"] = jnp.diag(diag_product(plan.lead, x1.size))[None]
+    for cls in dict.fromkeys(g[0][0] for g in plan.groups):
+        mine = [g[1] for g in plan.groups if g[0][0] == cls]  # diagonals per layer, in order
+        n_out, width = plan.shapes[cls][1], max(map(len, mine))
+        arrays[cls] = bufs[cls]
+        if width:  # gather all diagonals at once; the padding index reads a row of ones
+            diags = jnp.concatenate([bufs[f"d{n_out}"], jnp.ones((1, n_out), dtype)])
+            pad = diags.shape[0] - 1
+            idx = np.array([[i for _, i in d] + [pad] * (width - len(d)) for d in mine])
+            arrays[cls] = jnp.prod(diags[idx], axis=1)[:, :, None] * bufs[cls]
+    if plan.lead and plan.groups:
+        cls, first = plan.groups[0][0]
+        lead = diag_product(plan.lead, plan.shapes[cls][2])
+        arrays[cls] = arrays[cls].at[first].multiply(lead[None, :])
+    if svd:
+        arrays = {c: jnp.linalg.svd(a, compute_uv=False) for c, a in arrays.items()}
+    return arrays
+
+
+@partial(jax.jit, static_argnames=("net", "what"))
+def _per_layer(net: _Net, params, x, what: str) -> dict:
+    """``what="jacobian"``: the layer Jacobians at one example x; ``"svd"``: their singular
+    values for a batch x. Stacked by class: the caller splits them (a program with one output
+    per layer compiles very slowly at depth 1,000)."""
     if what == "jacobian":
-        return _walk(config, stacked, x, lambda state, jac: (state, jac), None)[1]
-    svd = lambda state, jac: (state, jnp.linalg.svd(jac, compute_uv=False))  # noqa: E731
-    return jax.vmap(lambda xi: _walk(config, stacked, xi, svd, None)[1])(x)
+        return _layer_arrays(net.layer, _plan_of(net, params, x), params, x, False)
+    plan = _plan_of(net, params, x[0])
+    return jax.vmap(lambda xi: _layer_arrays(net.layer, plan, params, xi, True))(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,175 +296,96 @@ def _per_layer(config: MLPConfig, stacked, x, what: str):
 
 
 def layer_jacobians(model: Model, params, x: jax.Array) -> list[jax.Array]:
-    """Analytic layer Jacobians ``J^l = da^l/da^{l-1}`` of an MLP at one example.
+    """The layer Jacobians of a gf-layer model at one example, in order.
+
+    A *layer* here is a leaf of ``model.net`` whose Jacobian is a matrix (dense, residual, any
+    layer without a closed-form diagonal), with the elementwise leaves after it folded in on the
+    left: for :func:`gradflow.mlp` ``J^l = diag(phi'(z^l)) (W^l)^T`` (plus I for a residual
+    layer, ``phi_out`` for the last), as in the module docstring. Elementwise leaves before the
+    first matrix leaf fold into the first layer on the right.
 
     Args:
-      model: an MLP from :func:`gradflow.mlp` (plain or residual).
+      model: a model built from gf layers (``model.net``), e.g. :func:`gradflow.mlp`.
       params: its parameters (one seed).
-      x: one input, shape (n_0,); vmap for a batch.
+      x: one example, shape ``model.in_shape`` (e.g. (n_0,)); vmap for a batch.
 
     Returns:
-      A list of L arrays, ``J^l`` of shape (n_l, n_{l-1}) acting on column vectors:
-      ``diag(phi'(z^l)) (W^l)^T``, plus I for a residual layer, with ``phi_out`` for the last
-      layer (see the module docstring). Their product ``J^L ... J^1`` is ``jax.jacfwd`` of
-      ``model.apply`` at x.
+      A list of arrays (n_out, n_in) acting on column vectors (inputs and outputs flattened);
+      their product ``J^L ... J^1`` is ``jax.jacfwd`` of ``model.apply`` at x.
     """
-    config = _check(model, params, "layer_jacobians")
-    if jnp.ndim(x) != 1 or jnp.shape(x)[0] != config.widths[0]:
-        raise ValueError(
-            f"layer_jacobians takes one example x of shape ({config.widths[0]},), got "
-            f"{jnp.shape(x)}; vmap it for a batch"
-        )
-    return _per_layer(_structure(config), _stack(config, params), x, "jacobian")
+    net = _Net(_net(model, "layer_jacobians", ""))
+    _check(model, params, x, "layer_jacobians", batch=False)
+    arrays = _per_layer(net, params, x, "jacobian")
+    return [arrays[c][i] for c, i in _plan_of(net, params, x).order]
 
 
 def layer_singular_values(model: Model, params, x: jax.Array) -> list[jax.Array]:
-    """Singular values of every layer Jacobian ``J^l``, per example.
+    """Singular values of every layer Jacobian (see :func:`layer_jacobians`), per example.
 
     Args:
-      model, params: an MLP and its parameters (one seed).
-      x: inputs, shape (batch, n_0).
+      model, params: a gf-layer model and its parameters (one seed).
+      x: inputs, shape (batch, ``*model.in_shape``).
 
     Returns:
-      A list of L arrays of shape (batch, min(n_{l-1}, n_l)), descending.
+      A list with one array per layer, shape (batch, min(n_in, n_out)), descending.
 
     References: Glorot & Bengio 2010 (Sec. 4.2.2: mean singular value of the layer Jacobian).
     """
-    config = _check(model, params, "layer_singular_values")
-    check_inputs(model, x)
-    return _per_layer(_structure(config), _stack(config, params), x, "svd")
+    net = _Net(_net(model, "layer_singular_values", ""))
+    _check(model, params, x, "layer_singular_values")
+    arrays = _per_layer(net, params, x, "svd")
+    return [arrays[c][:, i] for c, i in _plan_of(net, params, x[0]).order]
 
 
 # --------------------------------------------------------------------------------------------
 # Input-output spectrum
 
 
-def _log0(v):
-    """log with log(0) = -inf and no NaN for the zeros of a norm."""
-    return jnp.where(v > 0, jnp.log(jnp.where(v > 0, v, 1)), -jnp.inf)
+def _log_spectrum(layer: gl.Layer, params, x1, method: str, fixed_rank: bool):
+    """Descending log singular values of df/dx at one example x1: (min(in_size, out_size),)."""
+    acc = linalg.accumulator(method, fixed_rank=fixed_rank)
+
+    def step(state, jac):
+        return acc.diag(state, jac.d) if isinstance(jac, gl.Diag) else acc.matrix(state, jac)
+
+    y1, state = gl.walk(layer, params, x1, step, acc.init(x1.size, _dtype(params, x1)))
+    s = acc.log_sv(state)
+    # A layer narrower than input and output bounds the rank: the missing values are 0.
+    k = min(x1.size, y1.size)
+    return jnp.concatenate([s[:k], jnp.full((k - min(k, s.shape[0]),), -jnp.inf, s.dtype)])
 
 
-def _unit_rows(f):
-    norm = jnp.linalg.norm(f, axis=-1)
-    return f / jnp.where(norm > 0, norm, 1)[:, None], _log0(norm)
+@partial(jax.jit, static_argnames=("net", "method"))
+def _stable_log_spectra(net: _Net, params, x, method: str):
+    def run(fixed_rank):
+        return jax.vmap(lambda xi: _log_spectrum(net.layer, params, xi, method, fixed_rank))(x)
+
+    try:
+        return run(False)
+    except TypeError as e:
+        # A scanned block that narrows below the running rank changes the state's shapes
+        # between iterations (the rank shrinks in the first): keep the rank fixed instead.
+        if "carry" not in str(e):
+            raise
+        return run(True)
 
 
-def _lyapunov_step(state, jac):
-    q, s = state
-    q, r = jnp.linalg.qr(jac @ q)
-    k = r.shape[0]
-    return (q, s[:k] + _log0(jnp.abs(jnp.diagonal(r)))), None
+@partial(jax.jit, static_argnames=("model",))
+def _dense_log_spectra(model: Model, params, x):
+    def one(x1):
+        def f(v):
+            y = model.apply(params, v.reshape(x1.shape)[None])
+            if not hasattr(y, "shape") or y.ndim < 1 or y.shape[0] != 1:
+                raise ValueError(
+                    "method='dense' needs model.apply to return one array with the batch axis "
+                    f"first; for a batch of 1 it returned {getattr(y, 'shape', type(y).__name__)}"
+                )
+            return y[0].ravel()
 
+        jac = jax.jacfwd(f)(x1.ravel())  # (out_size, in_size)
+        return linalg.log0(jnp.linalg.svd(jac, compute_uv=False))
 
-def _graded_step(state, jac):
-    """``J Q diag(e^s) T = Q' diag(e^s') T'`` exactly, with only non-positive exponents."""
-    q, s, t = state  # (n_in, k), (k,), (k, n_0)
-    a = jac @ q
-    c = jnp.linalg.norm(a, axis=0)
-    order = jnp.argsort(-(s + _log0(c)))  # pre-pivoting: the largest column of A diag(e^s) first
-    a, s, t, c = a[:, order], s[order], t[order], c[order]
-    key = s + _log0(c)  # descending, -inf last; never +inf or NaN
-    q, r = jnp.linalg.qr(a)
-    k = r.shape[0]
-    # E_ij = r_ij e^{s_j - s_i} (j >= i) = (r_ij / c_j) e^{key_j - key_i} c_i: the first factor
-    # is <= 1 (|r_ij| <= ||A_j||), the exponent <= 0 by the ordering, so E never overflows.
-    # -inf - -inf (zero rows/columns) is NaN: those terms are exactly 0.
-    diff = key[None, :] - key[:k, None]
-    upper = jnp.triu(jnp.ones(r.shape, dtype=bool))
-    diff = jnp.where(upper & ~jnp.isnan(diff), jnp.minimum(diff, 0), -jnp.inf)
-    e = r / jnp.where(c > 0, c, 1)[None, :] * jnp.exp(diff) * c[:k, None]
-    t, log_norm = _unit_rows(e @ t)
-    return (q, s[:k] + log_norm, t), None
-
-
-def _shuffle(top, bot):
-    """Round-robin step: top' = [top0, bot0, top1..top_{h-2}], bot' = [bot1..bot_{h-1}, top_{h-1}].
-
-    With pair i = (top[i], bot[i]), m - 1 steps meet every pair of the m = 2h slots once (the
-    circle method; Brent & Luk 1985).
-    """
-    h = top.shape[0]
-    if h == 1:
-        return top, bot
-    return (
-        jnp.concatenate([top[:1], bot[:1], top[1 : h - 1]]),
-        jnp.concatenate([bot[1:], top[h - 1 :]]),
-    )
-
-
-def _jacobi_log_svd(s, t):
-    """Log singular values of ``diag(e^s) T`` (k, n), k <= n, by one-sided Jacobi on the rows.
-
-    Rows are kept as ``e^{s_i} u_i`` with ``||u_i|| = 1``. For a pair with ``s_p >= s_q``,
-    ``rho = e^{s_q - s_p} <= 1`` and cosine ``g = u_p . u_q``, the Jacobi rotation that
-    orthogonalises the rows has ``tan = rho w`` with
-    ``w = -2 g / (1 - rho^2 + sqrt((1 - rho^2)^2 + 4 rho^2 g^2))``, finite for every rho: as
-    rho -> 0 the small row becomes ``u_q - g u_p`` (Gram-Schmidt), as it must, instead of being
-    lost to underflow. Pairs follow the round-robin (Brent & Luk 1985) order: the rows sit in
-    two halves, pair i is (top[i], bottom[i]), and a fixed shuffle between rounds meets every
-    pair once per sweep of m - 1 rounds. Stops when every cosine is below 8 eps sqrt(m).
-    """
-    k, n = t.shape
-    m = k + k % 2  # pad to an even count with a zero row
-    h = m // 2
-    s = jnp.concatenate([s, jnp.full((m - k,), -jnp.inf, s.dtype)])
-    t = jnp.concatenate([t, jnp.zeros((m - k, n), t.dtype)])
-    dtype = t.dtype
-    tol = 8 * jnp.finfo(dtype).eps * np.sqrt(m)
-
-    def rotate(carry, _):
-        (s_top, s_bot), (t_top, t_bot), off = carry
-        swap = s_bot > s_top  # work with (hi, lo) = (larger, smaller) scale
-        hi, lo = jnp.maximum(s_top, s_bot), jnp.minimum(s_top, s_bot)
-        u = jnp.where(swap[:, None], t_bot, t_top)
-        v = jnp.where(swap[:, None], t_top, t_bot)
-        g = jnp.sum(u * v, axis=1)
-        d = jnp.where(jnp.isneginf(hi), -jnp.inf, lo - hi)  # <= 0
-        rho, one_m_rho2 = jnp.exp(d), -jnp.expm1(2 * d)
-        den = one_m_rho2 + jnp.sqrt(one_m_rho2**2 + (2 * rho * g) ** 2)
-        w = jnp.where(den > 0, -2 * g / jnp.where(den > 0, den, 1), 0)
-        c = lax.rsqrt(1 + (rho * w) ** 2)
-        u, v = c[:, None] * (u - (w * rho**2)[:, None] * v), c[:, None] * (w[:, None] * u + v)
-        (u, log_u), (v, log_v) = _unit_rows(u), _unit_rows(v)
-        hi, lo = hi + log_u, lo + log_v
-        # Each row goes back to its own slot: near convergence the rotations are small, so rows
-        # keep their identity and the schedule meets every pair of rows.
-        s_top, s_bot = jnp.where(swap, lo, hi), jnp.where(swap, hi, lo)
-        t_top = jnp.where(swap[:, None], v, u)
-        t_bot = jnp.where(swap[:, None], u, v)
-        off = jnp.maximum(off, jnp.max(jnp.abs(g)))
-        return (_shuffle(s_top, s_bot), _shuffle(t_top, t_bot), off), None
-
-    def sweep(carry):
-        s, t, _, i = carry
-        (s, t, off), _ = lax.scan(rotate, (s, t, jnp.zeros((), dtype)), None, length=m - 1)
-        return s, t, off, i + 1
-
-    def more(carry):
-        return (carry[2] > tol) & (carry[3] < _MAX_SWEEPS)
-
-    halves = lambda a: (a[:h], a[h:])  # noqa: E731
-    init = (halves(s), halves(t), jnp.asarray(jnp.inf, dtype), 0)
-    (s_top, s_bot), *_ = lax.while_loop(more, sweep, init)
-    # Descending; the zero padding row is never rotated (cosine 0), so it sorts last.
-    return -jnp.sort(-jnp.concatenate([s_top, s_bot]))[:k]
-
-
-def _log_spectrum(config: MLPConfig, stacked, x, method: str):
-    """Descending log singular values of df/dx at one example x (n_0,): (min(n_0, n_L),)."""
-    n0, n_out = config.widths[0], config.widths[-1]
-    eye = jnp.eye(n0, dtype=jnp.result_type(x, stacked[0][0]))
-    if method == "dense":
-        prod, _ = _walk(config, stacked, x, lambda p, jac: (jac @ p, None), eye)
-        return _log0(jnp.linalg.svd(prod, compute_uv=False))
-    if method == "lyapunov":
-        (_, s), _ = _walk(config, stacked, x, _lyapunov_step, (eye, jnp.zeros(n0, eye.dtype)))
-    else:
-        (_, s, t), _ = _walk(config, stacked, x, _graded_step, (eye, jnp.zeros(n0, eye.dtype), eye))
-        s = _jacobi_log_svd(s, t)
-    s = -jnp.sort(-s)  # descending (a no-op after Jacobi)
-    # A layer narrower than n_0 and n_L bounds the rank: the missing singular values are 0.
-    return jnp.concatenate([s, jnp.full((min(n0, n_out) - s.shape[0],), -jnp.inf, s.dtype)])
+    return jax.vmap(one)(x)
 
 
 def jacobian_singular_values(
@@ -377,10 +394,12 @@ def jacobian_singular_values(
     """Singular values of the input-output Jacobian ``df(x)/dx``, per example, descending.
 
     Args:
-      model: an MLP from :func:`gradflow.mlp` (plain or residual; the Jacobian includes the
-        output activation).
+      model: any model for ``method="dense"``; a model built from gf layers (``model.net``:
+        :func:`gradflow.mlp`, :func:`gradflow.from_layers`) for ``"exact"`` and ``"lyapunov"``.
+        The Jacobian is that of ``model.apply`` (output activation included), one example's
+        input and output flattened.
       params: its parameters (one seed); ``gradflow.sweep`` adds the seed axis.
-      x: inputs, shape (batch, n_0).
+      x: inputs, shape (batch, ``*in_shape``).
       log: return ``log sigma`` (``-inf`` for an exact zero). Computed stably by the
         ``"exact"`` and ``"lyapunov"`` methods, so it stays finite at depth 10,000 in float32,
         where ``sigma`` itself (``log=False`` is ``exp`` of it) may overflow or underflow.
@@ -388,88 +407,17 @@ def jacobian_singular_values(
         when each is exact.
 
     Returns:
-      Shape (batch, min(n_0, n_L)).
+      Shape (batch, min(in_size, out_size)).
 
     References: Pennington, Schoenholz & Ganguli 2017 (arXiv:1711.04735).
     """
-    config = _check(model, params, "jacobian_singular_values")
-    check_inputs(model, x)
-    _check_method(method)
-    out = _batch_log_spectrum(_structure(config), _stack(config, params), x, method)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method == "dense":
+        _check(model, params, x, "jacobian_singular_values")
+        out = _dense_log_spectra(model, params, x)
+    else:
+        net = _Net(_net(model, f"jacobian_singular_values(method={method!r})"))
+        _check(model, params, x, "jacobian_singular_values")
+        out = _stable_log_spectra(net, params, x, method)
     return out if log else jnp.exp(out)
-
-
-@partial(jax.jit, static_argnames=("config", "method"))
-def _batch_log_spectrum(config, stacked, x, method):
-    return jax.vmap(lambda xi: _log_spectrum(config, stacked, xi, method))(x)
-
-
-# --------------------------------------------------------------------------------------------
-# Summaries
-
-
-class SpectrumSummary(NamedTuple):
-    """Moments of a spectrum over its last axis (leading axes, e.g. seeds and examples, kept).
-
-    With ``log=True`` every field is the log of the same quantity.
-
-    Attributes:
-      mean_sq: mean of sigma^2, the first moment of J J^T (chi1^L at large width; Pennington
-        et al. 2017).
-      var_sq: variance of sigma^2 (0 for dynamical isometry).
-      max: largest sigma.
-      min: smallest sigma.
-      condition: max / min (inf for a zero singular value).
-    """
-
-    mean_sq: jax.Array
-    var_sq: jax.Array
-    max: jax.Array
-    min: jax.Array
-    condition: jax.Array
-
-
-def spectrum_summary(singular_values, *, log: bool = False) -> SpectrumSummary:
-    """Summaries used in the dynamical-isometry literature, over the last axis.
-
-    Args:
-      singular_values: shape (..., k), e.g. (seeds, batch, k) from ``sweep``; or log singular
-        values if ``log``.
-      log: input and output in log form, computed without leaving the log domain (so a depth
-        10,000 spectrum gives finite summaries).
-
-    Returns:
-      :class:`SpectrumSummary` with fields of shape (...,).
-    """
-    v = jnp.asarray(singular_values)
-    if v.ndim < 1 or v.shape[-1] == 0:
-        raise ValueError(f"singular_values must have shape (..., k) with k >= 1, got {v.shape}")
-    if not log:
-        sq = v**2
-        vmax, vmin = v.max(-1), v.min(-1)
-        return SpectrumSummary(sq.mean(-1), sq.var(-1), vmax, vmin, vmax / vmin)
-    n = v.shape[-1]
-    log_mean = jax.nn.logsumexp(2 * v, axis=-1) - np.log(n)
-    # var = mean^2 * mean((sigma^2 / mean - 1)^2), and sigma^2 / mean <= n: no overflow.
-    rel = jnp.exp(2 * v - log_mean[..., None])
-    log_var = 2 * log_mean + jnp.log(jnp.mean((rel - 1) ** 2, axis=-1))
-    vmax, vmin = v.max(-1), v.min(-1)
-    return SpectrumSummary(log_mean, log_var, vmax, vmin, vmax - vmin)
-
-
-def spectral_density(values, bins=50, range=None) -> tuple[np.ndarray, np.ndarray]:  # noqa: A002
-    """Empirical spectral density: a normalised histogram pooled over every leading axis.
-
-    Args:
-      values: singular values (or their squares, or logs) of any shape, e.g. (seeds, batch, k);
-        all entries are pooled (examples and seeds). Non-finite entries (log 0) are dropped.
-      bins, range: as for ``numpy.histogram``.
-
-    Returns:
-      ``(density, edges)`` (numpy float64), density integrating to 1 over the edges.
-    """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        raise ValueError("spectral_density got no finite values")
-    return np.histogram(v, bins=bins, range=range, density=True)

@@ -470,7 +470,13 @@ def summarize(values, axis: int = 0) -> Summary:
 
     NaN/inf seeds (exploded networks) are ignored by the median and quantiles (``nanquantile``)
     and make the mean and geometric mean non-finite, so they stay visible.
+
+    ``values`` may be a pytree of arrays (e.g. a swept :class:`gradflow.LayerGradNorms`): the
+    result is the same pytree with a :class:`Summary` in place of every leaf.
     """
+    if not isinstance(values, (np.ndarray, jax.Array, list, tuple, float, int)):
+        leaves, treedef = jax.tree.flatten(values)
+        return jax.tree.unflatten(treedef, [summarize(v, axis) for v in leaves])
     v = np.asarray(values, dtype=np.float64)
     finite = np.where(np.isfinite(v), v, np.nan)
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):

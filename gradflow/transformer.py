@@ -206,7 +206,9 @@ def transformer_from_config(config: TransformerConfig) -> Model:
     if c.norm == "pre":
         net.append(layer_norm(name="ln_f"))
     net += [pool(c.readout, name="pool"), gl.dense(c.n_out, name="readout")]
-    model = from_layers(gl.serial(*net, scan=c.scan), in_shape, config=c, identity=("transformer", c))
+    model = from_layers(
+        gl.serial(*net, scan=c.scan), in_shape, config=c, identity=("transformer", c)
+    )
 
     # Every layer is drawn with a fixed init, so sigma overrides would be silently ignored.
     base_init = model.init

@@ -44,7 +44,8 @@ SCRIPT = textwrap.dedent(
     out = S._run_chunk(*S._inputs(job, 0, 24), **job.static)  # 3 groups of 8, one seed each
     group_rows = sorted({s.data.shape[0] for s in out.weights.addressable_shards})
     pairs = lambda a, b: zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    err = lambda a, b: max(float(np.max(np.abs(u - v) / (np.abs(v) + 1e-6))) for u, v in pairs(a, b))
+    rel = lambda u, v: float(np.max(np.abs(u - v) / (np.abs(v) + 1e-6)))
+    err = lambda a, b: max(rel(u, v) for u, v in pairs(a, b))
     json.dump({
         "n_devices_used": len(out.weights.sharding.device_set),
         "shard_rows": shard_rows,
@@ -52,7 +53,7 @@ SCRIPT = textwrap.dedent(
         "grouped": err(grouped, reference),
         "shapes": [reference.weights.shape, sharded.weights.shape, few.weights.shape],
         "sharded": err(sharded, reference),
-        "few": err(few, [r[:5] for r in reference]),
+        "few": err(few, jax.tree.map(lambda r: r[:5], reference)),
         "sub": err(sub, reference),
     }, sys.stdout)
     """

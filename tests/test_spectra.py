@@ -1,5 +1,6 @@
 """Jacobian spectra against independent references: jax.jacfwd, float64 dense products and their
-inverses, exact identities (log|det|), Newman's Lyapunov exponents and the quarter-circle law."""
+inverses, exact identities (log|det|), Newman's Lyapunov exponents and the quarter-circle law;
+for the built-in MLP, other gf layer compositions and from_apply models."""
 
 import math
 
@@ -10,18 +11,18 @@ import pytest
 from scipy.special import digamma, polygamma
 
 import gradflow
-from gradflow import spectra
-from gradflow.models import ACTIVATIONS, init_dense, mlp_forward
+from gradflow import inits, spectra
+from gradflow import layers as gl
 from tests.conftest import assert_trees_close
 
 jsv = spectra.jacobian_singular_values
 
-# Small nets covering every layer kind: a plain first layer of another width, residual hidden
+# Small nets covering every MLP layer kind: a plain first layer of another width, residual hidden
 # layers, an output activation, and a bottleneck narrower than input and output.
 NETS = {
     "residual_tanh": dict(
         widths=[6, 9, 9, 9, 5], activation="tanh", init="gaussian", sigma_w2=1.76,
-        sigma_b2=0.05, output_activation="sigmoid", residual=True,
+        sigma_b2=0.05, output_activation="sigmoid", residual=True, residual_scale=0.7,
     ),
     "bottleneck_gelu": dict(widths=[8, 3, 8], activation="gelu"),
 }  # fmt: skip
@@ -33,44 +34,73 @@ def _net(name):
     return gradflow.mlp(widths, **kw)
 
 
+def _composition(name):
+    """gf layer models that are not MLPs: a residual block between dense layers, and an RNN."""
+    if name == "rnn":
+        return gradflow.rnn(3, 5, 2)
+    branch = gl.serial(gl.dense(6, "gaussian", sigma_w2=2.0), gl.activation("relu"))
+    net = gl.serial(gl.dense(6), gl.activation("tanh"), gl.residual(branch, 0.8), gl.dense(6))
+    return gradflow.from_layers(net, (6,))
+
+
 def _init(model, seed=0):
-    return jax.jit(model.init)(jax.random.key(seed))  # one compile instead of many eager ops
+    # Eager: jax.jit(model.init) of gf.mlp compiles for ~0.75 s per layer on CPU (depth 20: 15 s).
+    return model.init(jax.random.key(seed))
 
 
-def _x(model, batch, key=1):
-    return jax.random.normal(jax.random.key(key), (batch, model.config.widths[0]))
+def _x(model, batch, key=1, shape=None):
+    shape = shape or model.in_shape
+    return jax.random.normal(jax.random.key(key), (batch, *shape))
 
 
-def _chain_params(key, n, depth, init, sigma_w2=1.0, sigma_b2=0.0):
-    """Concrete params of a depth-``depth`` width-n chain, drawn with one vmapped init_dense.
+def _chain(n, depth, activation, init, key, sigma_w2=None):
+    """A width-n, depth-``depth`` MLP and its params, drawn by one vmapped ``init_dense``
+    (``model.init`` traces one key per layer: ~20 s at depth 10,000) in the layout of
+    ``model.init`` (a list of segments; a run of equal layers stacked)."""
+    kw = {} if sigma_w2 is None else dict(sigma_w2=sigma_w2)
+    model = gradflow.mlp([n] * (depth + 1), activation, init, **kw)
+    draw = lambda k: inits.init_dense(k, n, n, init, sigma_w2 or 1.0)  # noqa: E731
+    layers = jax.jit(jax.vmap(draw))(jax.random.split(jax.random.key(key), depth))
+    params, l = [], 0
+    for seg in jax.eval_shape(model.init, jax.random.key(0)):
+        k = seg["w"].shape[0] if len(seg["w"].shape) == 3 else None
+        params.append(jax.tree.map(lambda a, k=k, l=l: a[l : l + k] if k else a[l], layers))
+        l += k or 1
+    assert l == depth
+    return model, params
 
-    ``model.init`` draws 10,000 layers one eager op at a time; this is the same init, batched.
-    """
-    keys = jax.random.split(key, depth)
-    draw = jax.jit(jax.vmap(lambda k: init_dense(k, n, n, init, sigma_w2, sigma_b2)))
-    layers = draw(keys)
-    w, b = np.asarray(layers["w"]), np.asarray(layers["b"])
-    return [{"w": w[l], "b": b[l]} for l in range(depth)]
+
+def _layers64(params):
+    """Per-layer float64 (w, b) of MLP params (segments unstacked)."""
+    out = []
+    for seg in params:
+        w, b = np.asarray(seg["w"], np.float64), np.asarray(seg["b"], np.float64)
+        out.extend(zip(w, b, strict=True) if w.ndim == 3 else [(w, b)])
+    return out
 
 
 def _jacfwd64(model, params, x):
-    """Dense float64 reference: jax.jacfwd of model.apply per example, params cast to float64."""
+    """Dense float64 reference: jax.jacfwd of model.apply per example (input and output
+    flattened), params cast to float64."""
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
         x64 = jnp.asarray(np.asarray(x), jnp.float64)
-        jac = jax.jit(jax.vmap(jax.jacfwd(lambda xi: model.apply(p64, xi[None, :])[0])))(x64)
-        return np.asarray(jac)
+
+        def one(xi):
+            f = lambda v: model.apply(p64, v.reshape(xi.shape)[None])[0].ravel()  # noqa: E731
+            return jax.jacfwd(f)(xi.ravel())
+
+        return np.asarray(jax.jit(jax.vmap(one))(x64))
 
 
-def _np_layer_jacobians64(config, params, x):
+def _np_layer_jacobians64(activation, params, x):
     """Hand-written float64 layer Jacobians diag(phi'(z)) W^T (plain layers, linear output)."""
     dphi = {"linear": lambda z: np.ones_like(z), "tanh": lambda z: 1 - np.tanh(z) ** 2}
     phi = {"linear": lambda z: z, "tanh": np.tanh}
-    a, jacs = np.asarray(x, np.float64), []
-    for l, p in enumerate(params):
-        w, b = np.asarray(p["w"], np.float64), np.asarray(p["b"], np.float64)
+    a, jacs, layers = np.asarray(x, np.float64), [], _layers64(params)
+    for l, (w, b) in enumerate(layers):
         z = a @ w + b
-        name = config.activation if l < len(params) - 1 else "linear"
+        name = activation if l < len(layers) - 1 else "linear"
         jacs.append(dphi[name](z)[:, None] * w.T)
         a = phi[name](z)
     return jacs
@@ -78,6 +108,13 @@ def _np_layer_jacobians64(config, params, x):
 
 def _log_sv(m):
     return np.log(np.linalg.svd(m, compute_uv=False))
+
+
+def _product(jacs):
+    prod = jacs[0]
+    for jac in jacs[1:]:
+        prod = jac @ prod
+    return prod
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,32 +128,50 @@ def test_layer_jacobians_equal_jacfwd(name):
     params = _init(model)
     x = _x(model, 1)[0]
     jacs = spectra.layer_jacobians(model, params, x)
+    layers = [(jnp.asarray(w, x.dtype), jnp.asarray(b, x.dtype)) for w, b in _layers64(params)]
 
     @jax.jit
-    def reference(params, x):
-        _, _, inputs = mlp_forward(cfg, params, x[None, :])
-        want = []
-        for l, p in enumerate(params):
-            out = l == len(params) - 1
-            phi = ACTIVATIONS[(cfg.output_activation or "linear") if out else cfg.activation]
-            res = cfg.residual and not out and p["w"].shape[0] == p["w"].shape[1]
+    def reference(layers, x):
+        a, want = x, []
+        for l, (w, b) in enumerate(layers):
+            out = l == len(layers) - 1
+            phi = gradflow.ACTIVATIONS[
+                (cfg.output_activation or "linear") if out else cfg.activation
+            ]
+            res = cfg.residual and not out and w.shape[0] == w.shape[1]
 
-            def layer(a, p=p, phi=phi, res=res):
-                h = phi(a @ p["w"] + p["b"])
-                return a + h if res else h
+            def layer(a, w=w, b=b, phi=phi.fn, res=res):
+                h = phi(a @ w + b)
+                return a + cfg.residual_scale * h if res else h
 
-            want.append(jax.jacfwd(layer)(inputs[l][0]))
+            want.append(jax.jacfwd(layer)(a))
+            a = layer(a)
         return want, jax.jacfwd(lambda xi: model.apply(params, xi[None, :])[0])(x)
 
-    want, whole = reference(params, x)
-    assert [j.shape for j in jacs] == [(p["w"].shape[1], p["w"].shape[0]) for p in params]
+    want, whole = reference(layers, x)
+    assert [j.shape for j in jacs] == [(w.shape[1], w.shape[0]) for w, _ in layers]
     # float32, same operations in another order: a few ulps of entries of size ~1.
     assert_trees_close(jacs, want, rtol=1e-5, atol=1e-6)
     # The chain of analytic Jacobians is the Jacobian of model.apply, output activation included.
-    prod = jacs[0]
-    for jac in jacs[1:]:
-        prod = jac @ prod
-    np.testing.assert_allclose(prod, whole, rtol=1e-5, atol=1e-6)  # as above, L products deep
+    np.testing.assert_allclose(_product(jacs), whole, rtol=1e-5, atol=1e-6)  # L products deep
+
+
+@pytest.mark.parametrize(
+    "net, n_layers",
+    [
+        (gl.serial(gl.activation("tanh"), gl.dense(3)), 1),  # diagonal before the first matrix
+        (gl.serial(gl.activation("tanh"), gl.activation("relu")), 1),  # elementwise only
+        (gl.serial(gl.dense(4), gl.activation("tanh"), gl.dense(4), gl.dense(3)), 3),
+    ],
+)
+def test_layer_jacobians_group_elementwise_leaves(net, n_layers):
+    model = gradflow.from_layers(net, (4,))
+    params = _init(model)
+    x = _x(model, 1)[0]
+    jacs = spectra.layer_jacobians(model, params, x)
+    whole = jax.jacfwd(lambda xi: model.apply(params, xi[None])[0])(x)
+    assert len(jacs) == n_layers
+    np.testing.assert_allclose(_product(jacs), whole, rtol=1e-5, atol=1e-6)  # as above
 
 
 def test_layer_singular_values_per_example():
@@ -149,6 +204,15 @@ def test_glorot_mean_layer_singular_value(init, sigma):
 # Input-output spectrum: exact regime
 
 
+def _check_exact(got, ref, atol=1e-3):
+    # float64 dense SVD resolves singular values down to ~1e-16 sigma_max; at 1e-10 sigma_max
+    # its relative error is still < 1e-5.
+    ok = ref > ref[:, :1] + math.log(1e-10)
+    # Exact method, float32: ~eps per layer and per rotation, in log sigma; 1e-3 is ~20x the
+    # largest error seen.
+    np.testing.assert_allclose(got[ok], ref[ok], atol=atol)
+
+
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_exact_matches_float64_jacfwd(name):
     model = _net(name)
@@ -158,17 +222,69 @@ def test_exact_matches_float64_jacfwd(name):
     got = np.asarray(jsv(model, params, x, log=True))
     dense = np.asarray(jsv(model, params, x, log=True, method="dense"))
     assert got.shape == dense.shape == ref.shape
-    # float64 dense SVD resolves singular values down to ~1e-16 sigma_max; at 1e-10 sigma_max
-    # its relative error is still < 1e-5.
-    ok = ref > ref[:, :1] + math.log(1e-10)
-    # Exact method, float32: ~eps per layer and per rotation, in log sigma; 1e-3 is ~20x the
-    # largest error seen.
-    np.testing.assert_allclose(got[ok], ref[ok], atol=1e-3)
+    _check_exact(got, ref)
     # Dense float32 is only good to ~eps sigma_max in absolute terms: compare the top decade.
     top = ref > ref[:, :1] + math.log(0.1)
     np.testing.assert_allclose(dense[top], ref[top], atol=1e-3)
     if name == "bottleneck_gelu":  # rank 3: the other 5 are exactly zero
         assert np.all(np.isneginf(got[:, 3:])) and np.all(np.isfinite(got[:, :3]))
+
+
+@pytest.mark.parametrize("name", ["residual_block", "rnn"])
+def test_exact_on_other_gf_compositions(name):
+    """Any gf layer model: a residual block between dense layers (leaves dense, tanh, residual
+    with a relu branch, dense), and an RNN (the Jacobian of the output with respect to the whole
+    flattened sequence, the recurrent layer's by jacfwd)."""
+    model = _composition(name)
+    params = _init(model, 0)
+    x = _x(model, 2, shape=(4, 3) if name == "rnn" else None)
+    ref = _log_sv(_jacfwd64(model, params, x))
+    got = np.asarray(jsv(model, params, x, log=True))
+    assert got.shape == ref.shape
+    _check_exact(got, ref)  # as for the MLPs
+    if name == "residual_block":  # J square: the QR estimates sum to log|det J| exactly
+        lyap = np.asarray(jsv(model, params, x, log=True, method="lyapunov"))
+        np.testing.assert_allclose(lyap.sum(1), ref.sum(1), atol=1e-4)  # float32, 3 layers
+    jacs = spectra.layer_jacobians(model, params, x[0])
+    np.testing.assert_allclose(_product(jacs), _jacfwd64(model, params, x[:1])[0], atol=1e-5)
+
+
+def test_exact_with_scanned_bottleneck_blocks():
+    """A scanned run of blocks narrowing to 2 inside: the running rank shrinks within the run, so
+    the accumulators keep it fixed instead (zero columns; linalg.accumulator(fixed_rank=True))."""
+    block = gl.serial(gl.dense(2), gl.activation("tanh"), gl.dense(6))
+    net = gl.serial(gl.dense(6), block, block, block, scan=True)  # scan runs of 2 or more
+    model = gradflow.from_layers(net, (6,))
+    params = _init(model, 0)
+    assert params[1][0]["w"].shape == (3, 6, 2)  # really one scanned run
+    x = _x(model, 2)
+    ref = _log_sv(_jacfwd64(model, params, x))
+    for method in ("exact", "lyapunov"):
+        got = np.asarray(jsv(model, params, x, log=True, method=method))
+        assert np.all(np.isneginf(got[:, 2:])) and np.all(np.isfinite(got[:, :2]))  # rank 2
+    _check_exact(np.asarray(jsv(model, params, x, log=True))[:, :2], ref[:, :2])  # as above
+
+
+def test_from_apply_model_dense():
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        return {"a": jax.random.normal(k1, (4, 7)) / 2, "b": jax.random.normal(k2, (7, 3)) / 3}
+
+    def apply(p, x):
+        return jnp.tanh(x @ p["a"]) @ p["b"]
+
+    model = gradflow.from_apply(init, apply)
+    params = init(jax.random.key(0))
+    x = _x(model, 2, shape=(4,))
+    ref = _log_sv(_jacfwd64(model, params, x))
+    got = np.asarray(jsv(model, params, x, log=True, method="dense"))
+    assert got.shape == (2, 3)
+    # float32 jacfwd + SVD of a 3 x 4 matrix, cond <= 5: log sigma to ~eps cond ~ 1e-6.
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    with pytest.raises(ValueError, match=r"no \.net .*use method='dense'"):
+        jsv(model, params, x)
+    with pytest.raises(ValueError, match=r"layer_jacobians needs a model built from gf layers"):
+        spectra.layer_jacobians(model, params, x[0])
 
 
 @pytest.mark.parametrize("activation, sigma_w2", [("linear", 1.0), ("tanh", 1.76)])
@@ -178,11 +294,10 @@ def test_exact_beyond_float32_range(activation, sigma_w2):
     from its inverse chain (sigma_i(J^-1) = 1 / sigma_{n+1-i}(J)), and their sum from
     log|det J| = sum_l log|det J^l| -- together they pin every value."""
     n, depth = 4, 100
-    model = gradflow.mlp([n] * (depth + 1), activation, "gaussian", sigma_w2=sigma_w2)
-    params = _chain_params(jax.random.key(2), n, depth, "gaussian", sigma_w2)
+    model, params = _chain(n, depth, activation, "gaussian", key=2, sigma_w2=sigma_w2)
     x = _x(model, 1)
     got = np.asarray(jsv(model, params, x, log=True))[0]
-    jacs = _np_layer_jacobians64(model.config, params, np.asarray(x)[0])
+    jacs = _np_layer_jacobians64(activation, params, np.asarray(x)[0])
     fwd, inv = np.eye(n), np.eye(n)
     for jac in jacs:
         fwd, inv = jac @ fwd, inv @ np.linalg.inv(jac)
@@ -209,8 +324,7 @@ def test_sweep_equals_python_loop():
     model = _net("bottleneck_gelu")
     x = _x(model, 2)
     got = gradflow.sweep(jsv, model, 3, x, log=True, quiet=True)
-    init = jax.jit(model.init)
-    want = [jsv(model, init(k), x, log=True) for k in gradflow.seed_keys(3)]
+    want = [jsv(model, model.init(k), x, log=True) for k in gradflow.seed_keys(3)]
     assert got.shape == (3, 2, 8)
     # vmap over seeds batches the same float32 LAPACK calls: a few ulps of O(1) logs.
     assert_trees_close(got, np.stack(want), rtol=1e-5, atol=1e-5)
@@ -223,13 +337,12 @@ def test_sweep_equals_python_loop():
 def test_orthogonal_linear_isometry():
     n = 8
     for depth, methods in ((1_000, ("exact",)), (10_000, ("exact", "lyapunov"))):
-        model = gradflow.mlp([n] * (depth + 1), "linear", "orthogonal")
-        params = _chain_params(jax.random.key(3), n, depth, "orthogonal")
+        model, params = _chain(n, depth, "linear", "orthogonal", key=3)
         x = _x(model, 1)
         for method in methods:
             log_sv = np.asarray(jsv(model, params, x, log=True, method=method))
             # float32 weights are orthogonal to ~eps sqrt(n) ~ 3e-7, so log sigma can drift by at
-            # most ~depth * 3e-7 (3e-4 at 1,000; seen: 2e-4 at 10,000); 1e-2 leaves room.
+            # most ~depth * 3e-7 (3e-4 at 1,000; seen: 3e-4 at 10,000); 1e-2 leaves room.
             assert np.all(np.isfinite(log_sv)) and np.abs(log_sv).max() < 1e-2
         if depth == 1_000:
             sv = np.asarray(jsv(model, params, x))  # log=False: every singular value is 1
@@ -242,12 +355,11 @@ def test_gaussian_linear_lyapunov_exponents():
     exact in distribution: W Q is again Gaussian, so r_ii^2 ~ chi^2_{n-i+1}/n independently per
     layer, and sum_l log r_ii / L has mean lambda_i and variance psi'((n-i+1)/2) / (4 L)."""
     n, depth = 8, 10_000
-    model = gradflow.mlp([n] * (depth + 1), "linear", "lecun")
-    params = _chain_params(jax.random.key(4), n, depth, "lecun")
+    model, params = _chain(n, depth, "linear", "lecun", key=4)
     i = np.arange(1, n + 1)
     lam = 0.5 * (np.log(2 / n) + digamma((n - i + 1) / 2))
     se = np.sqrt(polygamma(1, (n - i + 1) / 2) / (4 * depth))
-    logdet = sum(np.linalg.slogdet(np.asarray(p["w"], np.float64))[1] for p in params)
+    logdet = sum(np.linalg.slogdet(w)[1] for w, _ in _layers64(params))
     for method in ("exact", "lyapunov"):
         log_sv = np.asarray(jsv(model, params, jnp.zeros((1, n)), log=True, method=method))[0]
         # Fixed key, so deterministic; 4 standard errors. The exact values differ from the QR
@@ -314,10 +426,14 @@ def test_bad_input_names_the_problem():
         spectra.layer_jacobians(model, params, x)
     with pytest.raises(ValueError, match="unknown method 'svd'"):
         jsv(model, params, x, method="svd")
-    with pytest.raises(ValueError, match="list of 4 layer dicts"):
-        jsv(model, params[:3], x)
-    rnn = gradflow.rnn(3, 5, 2)
-    with pytest.raises(ValueError, match="needs an MLP"):
-        jsv(rnn, rnn.init(jax.random.key(0)), jnp.zeros((2, 4, 3)))
+    with pytest.raises(ValueError, match="must be floating"):
+        jsv(model, params, jnp.ones((2, 6), jnp.int32))
+    with pytest.raises(ValueError, match="params do not match this model"):
+        jsv(model, params[:2], x)
+    wrong = [dict(params[0], w=params[0]["w"].T), *params[1:]]
+    with pytest.raises(ValueError, match=r"params leaf '0/w' has shape \(9, 6\)"):
+        spectra.layer_singular_values(model, wrong, x)
+    with pytest.raises(ValueError, match="takes a gradflow Model"):
+        jsv(model.apply, params, x)
     with pytest.raises(ValueError, match="no finite values"):
         spectra.spectral_density(np.full(3, -np.inf))
