@@ -21,30 +21,16 @@ import hashlib
 import inspect
 import re
 from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import Literal
 
 from gradflow import layers as gl
+from gradflow.groups import LeafGroup, layer_leaf_groups, path_groups, path_str
 
 Params = Any  # a pytree of arrays
-
-
-ROOT = "root"
-"""The group name of parameter leaves held directly at the top of the params pytree."""
-
-
-class LeafGroup(NamedTuple):
-    """The leaves (indices into ``jax.tree.leaves(params)``) of one layer, or of k stacked
-    layers (``stacked``: each leaf has a leading axis of length ``len(names)``)."""
-
-    names: tuple[str, ...]
-    leaves: tuple[int, ...]
-    stacked: bool
-    keys: tuple = ()  # per name, a sortable position in the order of use (see layers.Group)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -215,90 +201,6 @@ def leaf_groups(model: Model, params, x) -> list[LeafGroup]:
     if model.groups is not None:
         return model.groups(params, x)
     return path_groups(params, x, model.apply)
-
-
-def path_str(path) -> str:
-    """``"layers/0/w"`` for a jax key path."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
-def leaf_paths(params) -> list[str]:
-    """The path string of every leaf of ``params``, in ``jax.tree.leaves`` order."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    return [path_str(p) for p, _ in flat]
-
-
-def layer_leaf_groups(net: gl.Layer, params, in_shape) -> list[LeafGroup]:
-    """:func:`gradflow.layers.param_groups` as leaf indices of ``params``."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    keys = [tuple(_key_of(k) for k in path) for path, _ in flat]
-    out = []
-    for g in gl.param_groups(net, in_shape):
-        ids = tuple(i for i, k in enumerate(keys) if k[: len(g.path)] == g.path)
-        out.append(LeafGroup(g.names, ids, g.stacked, g.keys))
-    return out
-
-
-def _key_of(k):
-    for attr in ("idx", "key", "name"):
-        if hasattr(k, attr):
-            return getattr(k, attr)
-    return k
-
-
-def path_groups(params, x, apply, override=None) -> list[LeafGroup]:
-    """Default groups of any pytree: one per innermost container holding arrays (the leaf's path
-    without its last key), ordered by first use in ``apply(params, x)``; ``override`` (a compiled
-    regex or a function path -> name | None) reassigns leaves."""
-    paths = leaf_paths(params)
-    if not paths:
-        return []
-    owners = []
-    for p in paths:
-        owner = p.rsplit("/", 1)[0] if "/" in p else ROOT  # leaves at the root: one layer
-        if override is not None:
-            if isinstance(override, re.Pattern):
-                m = override.search(p)
-                owner = m.group(0) if m else owner
-            else:
-                named = override(p)
-                owner = owner if named is None else str(named)
-        owners.append(owner)
-    if isinstance(override, re.Pattern) and not any(override.search(p) for p in paths):
-        raise ValueError(
-            f"groups pattern {override.pattern!r} matches no parameter path; paths look like "
-            f"{', '.join(repr(p) for p in paths[:4])}"
-        )
-    order = first_use(apply, params, x)
-    by_owner: dict[str, list[int]] = {}
-    for i, owner in enumerate(owners):
-        by_owner.setdefault(owner, []).append(i)
-    ranked = sorted(by_owner.items(), key=lambda kv: (min(order[i] for i in kv[1]), kv[1][0]))
-    return [LeafGroup((name,), tuple(ids), False, ((i,),)) for i, (name, ids) in enumerate(ranked)]
-
-
-def first_use(apply, params, x) -> list[float]:
-    """For each leaf of ``params``: the index of the first equation of ``apply``'s jaxpr that
-    reads it (``inf`` if unused): the order the layers are used in."""
-    n = len(jax.tree.leaves(params))
-    closed = jax.make_jaxpr(lambda p: apply(p, x))(params)
-    invars = closed.jaxpr.invars[:n]
-    index = {v: i for i, v in enumerate(invars)}
-    order = [float("inf")] * n
-    for e, eqn in enumerate(closed.jaxpr.eqns):
-        for v in eqn.invars:
-            i = None if isinstance(v, Literal) else index.get(v)
-            if i is not None and order[i] == float("inf"):
-                order[i] = e
-    return order
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ to the parameters of early layers, ``||dC/dtheta_1||``, being far smaller than t
 layers. Nielsen (2015, ch. 5) calls ``delta^l = dC/db^l`` the "speed of learning" of layer l.
 Each function here takes one parameter pytree; ``gradflow.sweep`` adds the seed axis.
 
-Layers are groups of parameter leaves (:class:`gradflow.models.LeafGroup`); hidden units are the
+Layers are groups of parameter leaves (:class:`gradflow.groups.LeafGroup`); hidden units are the
 model's taps (``gf.tap``). One ``jax.value_and_grad`` with respect to the parameters and to a
 zero perturbation at every tap gives all of them: ``dC/dp_t`` at the zero perturbation is exactly
 ``dC/dh_t``, and scaling by the batch size turns the gradient of the mean loss into each

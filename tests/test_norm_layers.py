@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gradflow import layers as gl
+from gradflow.groups import param_groups
 from gradflow.norm_layers import batch_norm, layer_norm, rms_norm
 
 # Forward passes: float32 against a float64 reference. Every output is O(1) and comes from sums
@@ -134,7 +135,7 @@ def test_in_a_serial_names_and_scan(key):
     net = gl.serial(
         layer_norm(name="ln"), gl.dense(8, name="fc"), rms_norm(name="rms"), batch_norm()
     )
-    groups = gl.param_groups(net, (8,))
+    groups = param_groups(net, (8,))
     assert [g.names for g in groups] == [("ln",), ("fc",), ("rms",), ("batch_norm3",)]
     # identical norms in a row are scanned with stacked params
     run = gl.serial(*[gl.named(layer_norm(), f"ln{i}") for i in range(3)], scan=True)
