@@ -64,7 +64,7 @@ def _join(prefix: str, name: str | None) -> str:
 def _groups(layer, in_shape, prefixes, path, stacked):
     if not layer.has_params:
         return []
-    if layer.kind == "residual":
+    if layer.walk is None and len(layer.children) == 1:  # a wrapper (residual): its branch's
         return _groups(layer.children[0], in_shape, prefixes, path, stacked)
     if layer.walk is None or not layer.children:  # a leaf holding parameters
         return [Group(tuple(prefixes), path, stacked, tuple(() for _ in prefixes))]
