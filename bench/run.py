@@ -546,7 +546,9 @@ def main(argv=None) -> dict:
         "b": ("workload_b", lambda: workload_b(cfg, use_torch)),
         "transformer": (
             "transformer",
-            lambda: transformer_bench.workload(cfg, interleaved, matmul_fn, gflops, block),
+            lambda: transformer_bench.workload(
+                cfg, interleaved, matmul_fn, gflops, block, use_torch
+            ),
         ),
         "memory": ("memory", lambda: memory(cfg, args.quick)),
         "devices": ("devices", lambda: devices(cfg, args.quick)),
@@ -584,6 +586,10 @@ def targets(results: dict) -> dict:
         ratio = results["transformer"]["gradflow_over_hand"]
         name = "transformer: gradflow within 1.1x of hand-written jax.vmap(jax.grad)"
         checks[name] = (ratio <= 1.1, f"{ratio:.2f}x")
+        r = results["transformer"]["results"]
+        if "torch.func" in r:
+            speedup = r["torch.func"]["ratio_to_gradflow"]
+            checks["transformer: faster than torch.func"] = (speedup > 1.0, f"{speedup:.2f}x")
     if "memory" in results:
         ratio = results["memory"]["ratio"]
         seeds = results["memory"]["seeds"]

@@ -24,7 +24,7 @@ def flops_per_seed(depth, width, seq, batch, ffn_mult=4) -> float:
     return 3.0 * batch * seq * per_token
 
 
-def workload(cfg, interleaved, matmul_fn, gflops, block) -> dict:
+def workload(cfg, interleaved, matmul_fn, gflops, block, use_torch=False) -> dict:
     depth, width, heads = cfg["t_depth"], cfg["t_width"], cfg["t_heads"]
     seq, batch, seeds, chunk = cfg["t_seq"], cfg["t_batch"], cfg["t_seeds"], cfg["t_chunk"]
     vocab, n_out = 256, 10
@@ -64,8 +64,14 @@ def workload(cfg, interleaved, matmul_fn, gflops, block) -> dict:
     total_ours = np.sum(swept.params.astype(np.float64) ** 2, axis=1)
     total_hand = sum(np.asarray(v, np.float64) ** 2 for v in jax.tree.leaves(leaves))
     check = float(np.max(np.abs(total_ours - total_hand) / total_hand))
-    best = interleaved({"matmul": peak, "gradflow.sweep": ours, "hand-written jax": hand},
-                       cfg["t_rounds"])  # fmt: skip
+    fns = {"matmul": peak, "gradflow.sweep": ours, "hand-written jax": hand}
+    if use_torch:
+        from torch_transformer import TransformerReference
+
+        ref = TransformerReference(depth, width, heads, seq, vocab, n_out, x, y)
+        ref.func(chunk, chunk)  # warm-up
+        fns["torch.func"] = lambda: ref.func(seeds, chunk)
+    best = interleaved(fns, cfg["t_rounds"])
     peak_gflops = gflops(peak_flops, best.pop("matmul"))
     results = {}
     for name, seconds in best.items():
