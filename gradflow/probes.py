@@ -249,6 +249,12 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
     flat_g = jax.tree.leaves(g_params)
 
     dtype = value.dtype  # floating even when x holds token ids
+    # Per tap and example: sum of squares and count of exact zeros, in one read of each array.
+    tap_sums = {
+        name: _example_sums([jnp.square(g_taps[name]), (g_taps[name] == 0).astype(dtype)],
+                            spec.batch_axis)  # fmt: skip
+        for name, spec in specs.items()
+    }
     rows = {k: [] for k in ("w", "gw", "b", "gb", "wpe")}
     names, nan = [], jnp.full((), jnp.nan, dtype)
     for group in groups:
@@ -271,8 +277,7 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
             if rec is None or spec is None:
                 wpe.append(nan)
                 continue
-            (d_sq,) = _example_sums([jnp.square(g_taps[name])], spec.batch_axis)
-            wpe.append(jnp.sqrt(jnp.mean(rec * d_sq)))
+            wpe.append(jnp.sqrt(jnp.mean(rec * tap_sums[name][0])))
         rows["wpe"].append(jnp.stack(wpe))
         for key in ("w", "gw", "b", "gb"):
             rows[key].append(jnp.reshape(acc[key], (k,)))
@@ -289,11 +294,9 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
     weight_norms = jnp.sqrt(w_sq)
 
     hidden, zeros = [], []
-    for name, spec in specs.items():
-        d = g_taps[name]
-        d_sq, n_zero = _example_sums([jnp.square(d), (d == 0).astype(d.dtype)], spec.batch_axis)
+    for name, (d_sq, n_zero) in tap_sums.items():
         hidden.append(jnp.sqrt(jnp.mean(d_sq)))
-        zeros.append(jnp.sum(n_zero) / d.size)
+        zeros.append(jnp.sum(n_zero) / g_taps[name].size)
     stack = lambda v: jnp.stack(v) if v else jnp.zeros((0,), dtype)  # noqa: E731
     n_layers = len(names)
     return LayerGradNorms(

@@ -1,4 +1,5 @@
-"""bench/run.py smoke test: the quick matmul and workload-A sections run and write their JSON.
+"""bench/run.py smoke test: the quick matmul, workload-A and transformer sections run and write
+their JSON.
 
 Speed itself is never asserted (the machine is shared and noisy); only that the benchmark runs,
 that its results have the documented keys, and that the sweep agrees with the per-seed loop.
@@ -14,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_bench_quick_writes_results(tmp_path):
     out = tmp_path / "results.json"
-    cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "matmul,a"]
+    cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "matmul,a,transformer"]
     subprocess.run(cmd + ["--no-torch", "--out", str(out)], check=True, capture_output=True)
     results = json.loads(out.read_text())
     meta = results["meta"]
@@ -29,3 +30,8 @@ def test_bench_quick_writes_results(tmp_path):
     assert a["checks"]["sweep vs jit loop, max rel diff"] < 1e-4
     target = results["targets"]["A: >= 60% of the matmul peak"]
     assert isinstance(target["met"], bool) and target["value"].endswith("%")
+    t = results["transformer"]
+    assert set(t["results"]) == {"gradflow.sweep", "hand-written jax"}
+    assert t["layers"] > t["taps"] > 0 and t["gradflow_over_hand"] > 0
+    # Same gradient two ways: float32 sums in different orders.
+    assert t["checks"]["total squared norm, max rel diff"] < 1e-3
