@@ -251,8 +251,9 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
     dtype = value.dtype  # floating even when x holds token ids
     # Per tap and example: sum of squares and count of exact zeros, in one read of each array.
     tap_sums = {
-        name: _example_sums([jnp.square(g_taps[name]), (g_taps[name] == 0).astype(dtype)],
-                            spec.batch_axis)  # fmt: skip
+        name: _example_sums(
+            [jnp.square(g_taps[name]), (g_taps[name] == 0).astype(dtype)], spec.batch_axis
+        )  # fmt: skip
         for name, spec in specs.items()
     }
     rows = {k: [] for k in ("w", "gw", "b", "gb", "wpe")}

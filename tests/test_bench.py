@@ -15,7 +15,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_bench_quick_writes_results(tmp_path):
     out = tmp_path / "results.json"
-    cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "matmul,a,transformer"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        "--quick",
+        "--only",
+        "matmul,a,transformer",
+    ]
     subprocess.run(cmd + ["--no-torch", "--out", str(out)], check=True, capture_output=True)
     results = json.loads(out.read_text())
     meta = results["meta"]
