@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+"""Figure formats matplotlib writes without extra packages."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -120,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "theory":
             return cmd_theory(args)
         if args.command == "demo":
+            from gradflow import io
             from gradflow.demo import run_demo
 
+            io.check_output_dir(args.out, "--out")
             return run_demo(args)
     except ValueError as e:
         print(f"gradflow: error: {e}", file=sys.stderr)
@@ -184,6 +190,8 @@ def _chunk_size(text):
 def cmd_sweep(args) -> int:
     import gradflow as gf
 
+    if args.out:
+        gf.io.check_output_dir(args.out, "--out")
     model = gf.mlp(
         args.widths,
         args.activation,
@@ -313,8 +321,12 @@ def _add_theory_parser(sub) -> None:
 def cmd_theory(args) -> int:
     import time
 
-    from gradflow import meanfield
+    from gradflow import io, meanfield
 
+    if args.out:
+        io.check_output_dir(args.out, "--out")
+    if args.phase_diagram:
+        io.check_output_file(args.phase_diagram, "--phase-diagram", FIGURE_SUFFIXES)
     start = time.perf_counter()
     c = meanfield.compare(
         args.activation, args.sigma_w2, args.sigma_b2, args.depth, args.width, args.seeds,

@@ -26,6 +26,7 @@ import pathlib
 import re
 import secrets
 import subprocess
+import tempfile
 
 import numpy as np
 
@@ -34,6 +35,52 @@ CHUNKS = "chunks"
 _MAGIC = b"gradflow-chunk v1"
 _HEADER = re.compile(rb"^gradflow-chunk v1 sha256=([0-9a-f]{64}) bytes=(\d+)\n")
 _TEMP = ".tmp-"
+
+
+def check_output_dir(path, what: str = "the output folder") -> pathlib.Path:
+    """Check, before any computation, that ``path`` can be a folder we write into.
+
+    Nothing is created: the nearest existing ancestor must be a folder where a file can really
+    be created (probed with a temporary file, so read-only file systems such as /proc count).
+
+    Raises:
+      ValueError: one line naming ``what``, the problem and the fix.
+    """
+    path = pathlib.Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file; pass a folder path")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(
+            f"{what} {str(path)!r} lies below {str(ancestor)!r}, which is a file; pick another path"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=_TEMP)
+    except OSError as e:
+        raise ValueError(
+            f"{what} {str(path)!r} cannot be written ({str(ancestor)!r}: {e.strerror}); "
+            "pick a writable folder"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def check_output_file(path, what: str = "the output file", suffixes=None) -> pathlib.Path:
+    """Check, before any computation, that a file can be written at ``path`` (its folder as in
+    :func:`check_output_dir`; ``suffixes``: the allowed extensions, e.g. (".png", ".pdf"))."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder; pass a file path such as out.png")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ValueError(
+            f"{what} {str(path)!r} has extension {path.suffix or '(none)'!r}; use one of "
+            f"{', '.join(suffixes)}"
+        )
+    check_output_dir(path.parent, f"the folder of {what}")
+    return path
 
 
 def atomic_write(path, data: bytes) -> None:

@@ -58,6 +58,18 @@ def parse_bytes(memory) -> int:
     return int(value)
 
 
+def available_bytes() -> int:
+    """Host memory available now (``MemAvailable`` on Linux, else the physical RAM)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def default_budget(device, n_devices: int) -> int:
     """80% of an accelerator's memory; on CPU, half the RAM split across the (simulated) devices."""
     stats = device.memory_stats() or {}

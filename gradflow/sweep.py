@@ -24,7 +24,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradflow import io
-from gradflow.memory import ChunkChoice, choose_chunk, default_budget, parse_bytes
+from gradflow.memory import (
+    ChunkChoice,
+    available_bytes,
+    choose_chunk,
+    default_budget,
+    parse_bytes,
+)
 from gradflow.models import Model
 from gradflow.progress import Progress
 
@@ -276,7 +282,6 @@ def _init_names(model) -> frozenset:
 
 
 def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None) -> _Job:
-    keys = as_keys(keys)
     _validate_call(fn, model, args, kwargs)
     hyper, grid = dict(hyper or {}), dict(grid or {})
     init_names = _init_names(model)
@@ -296,6 +301,11 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
         if v.ndim != 1 or v.size == 0:
             raise ValueError(f"grid[{name!r}] must be a non-empty 1-d array, got shape {v.shape}")
         values[name] = v
+    if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
+        # Before drawing n keys: a billion seeds must be refused now, not after 12 GB of keys.
+        n_seeds = _positive_int("the number of seeds", keys)
+        _check_results_fit(fn, model, args, kwargs, hyper, values, n_seeds)
+    keys = as_keys(keys)
     points = np.meshgrid(*values.values(), indexing="ij") if values else []
     grid_flat = {name: p.reshape(-1) for name, p in zip(values, points, strict=True)}
     mesh = _mesh(devices)
@@ -330,6 +340,40 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
 
     grid_shape = tuple(v.size for v in values.values())
     return _Job(key_data, grid_shape, grid_flat, args, hyper, static, fingerprint)
+
+
+_ITEM_BYTES: dict = {}  # (fn, model, static options, shapes) -> bytes of one seed's result
+
+
+def _check_results_fit(fn, model, args, kwargs, hyper, grid, n_seeds: int) -> None:
+    """Refuse a sweep whose results (plus the seeds' keys) cannot fit in host memory, from one
+    seed's result shape (abstract evaluation: no FLOPs) and the grid size."""
+    n_items = n_seeds * math.prod(np.size(v) for v in grid.values())
+    init_names = _init_names(model)
+    values = {k: jnp.asarray(np.ravel(v)[0]) for k, v in {**hyper, **grid}.items()}
+    signature = (
+        fn, model, tuple(sorted(kwargs.items())),
+        tuple((np.shape(a), np.result_type(a)) for a in args),
+        tuple((k, v.dtype) for k, v in sorted(values.items())),
+    )  # fmt: skip
+    per_item = _ITEM_BYTES.get(signature)
+    if per_item is None:  # traced once per signature: repeated sweeps pay nothing
+
+        def one(key):
+            params = model.init(key, **{k: v for k, v in values.items() if k in init_names})
+            fn_kw = {k: v for k, v in values.items() if k not in init_names}
+            return fn(model, params, *args, **fn_kw, **kwargs)
+
+        out = jax.eval_shape(one, jax.random.key(0))
+        per_item = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(out)) + 8
+        _ITEM_BYTES[signature] = per_item
+    need, free = n_items * per_item, available_bytes()
+    if need > free:
+        raise ValueError(
+            f"the results of {n_items:,} seeds (x grid points) need {need / 2**30:,.1f} GiB of "
+            f"host memory ({per_item} B each), more than the {free / 2**30:,.1f} GiB available; "
+            "run fewer seeds per call (seed i is the same network in any call: split the range)"
+        )
 
 
 def _parameters(fn) -> set | None:
