@@ -353,7 +353,7 @@ def _check_results_fit(fn, model, args, kwargs, hyper, grid, n_seeds: int) -> No
     values = {k: jnp.asarray(np.ravel(v)[0]) for k, v in {**hyper, **grid}.items()}
     signature = (
         fn, model, tuple(sorted(kwargs.items())),
-        tuple((np.shape(a), np.result_type(a)) for a in args),
+        tuple((np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in args),
         tuple((k, v.dtype) for k, v in sorted(values.items())),
     )  # fmt: skip
     per_item = _ITEM_BYTES.get(signature)
