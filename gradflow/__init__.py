@@ -30,6 +30,7 @@ from gradflow import (  # noqa: E402
     plots,
     probes,
     spectra,
+    stats,
     taps,
     theory,
     train,
@@ -49,19 +50,14 @@ from gradflow.probes import (  # noqa: E402
     preact_grads,
     time_grad_norms,
 )
+from gradflow.seeds import seed_keys  # noqa: E402
 from gradflow.spectra import (  # noqa: E402
     jacobian_singular_values,
     layer_jacobians,
     spectrum_summary,
 )
-from gradflow.sweep import (  # noqa: E402
-    Summary,
-    auto_chunk_size,
-    grid_sweep,
-    seed_keys,
-    summarize,
-    sweep,
-)
+from gradflow.stats import Summary, summarize  # noqa: E402
+from gradflow.sweep import auto_chunk_size, grid_sweep, sweep  # noqa: E402
 from gradflow.taps import tap  # noqa: E402
 from gradflow.transformer import TransformerConfig, transformer  # noqa: E402
 
@@ -112,6 +108,7 @@ __all__ = [
     "seed_keys",
     "spectra",
     "spectrum_summary",
+    "stats",
     "summarize",
     "sweep",
     "sweeps",

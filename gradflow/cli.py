@@ -238,7 +238,7 @@ def cmd_sweep(args) -> int:
 
 
 def _band(values) -> str:
-    from gradflow.sweep import summarize
+    from gradflow.stats import summarize
 
     s = summarize(values)
     return f"{s.median:9.3g} [{s.q05:8.2g}, {s.q95:8.2g}]"

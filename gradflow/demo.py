@@ -43,7 +43,7 @@ def compute(x, y, seeds: int, chunk_size: int = 64) -> dict:
 
 
 def _m(values) -> str:
-    from gradflow.sweep import summarize
+    from gradflow.stats import summarize
 
     s = summarize(values)
     return f"{s.median:.3g} [{s.q05:.2g}, {s.q95:.2g}]"
@@ -123,7 +123,7 @@ def figure(results: dict, seeds: int):
     import matplotlib.pyplot as plt
 
     from gradflow import plots
-    from gradflow.sweep import summarize
+    from gradflow.stats import summarize
 
     with plt.rc_context(plots.STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)

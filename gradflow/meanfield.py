@@ -60,7 +60,8 @@ from gradflow import theory
 from gradflow.data import gaussian_inputs
 from gradflow.deep import jacobian_log_moments, log_grad_sq
 from gradflow.nets import mlp
-from gradflow.sweep import seed_keys, sweep
+from gradflow.seeds import seed_keys
+from gradflow.sweep import sweep
 
 Z = 3.0
 """Standard errors allowed between measurement and theory."""

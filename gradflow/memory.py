@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -179,3 +181,36 @@ def choose_chunk(
     per_seed = b * n_devices / multiple  # b is per unit of `multiple` seeds
     choice = ChunkChoice(per * multiple, budget, float(a), float(per_seed), float(got), method)
     return choice, compiled[per]
+
+
+_ITEM_BYTES: dict = {}  # (fn, model, static options, shapes) -> bytes of one seed's result
+
+
+def check_results_fit(fn, model, args, kwargs, hyper, grid, n_seeds: int, init_names) -> None:
+    """Refuse a sweep whose results (plus the seeds' keys) cannot fit in host memory, from one
+    seed's result shape (abstract evaluation: no FLOPs) and the grid size."""
+    n_items = n_seeds * math.prod(np.size(v) for v in grid.values())
+    values = {k: jnp.asarray(np.ravel(v)[0]) for k, v in {**hyper, **grid}.items()}
+    signature = (
+        fn, model, tuple(sorted(kwargs.items())),
+        tuple((np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in args),
+        tuple((k, v.dtype) for k, v in sorted(values.items())),
+    )  # fmt: skip
+    per_item = _ITEM_BYTES.get(signature)
+    if per_item is None:  # traced once per signature: repeated sweeps pay nothing
+
+        def one(key):
+            params = model.init(key, **{k: v for k, v in values.items() if k in init_names})
+            fn_kw = {k: v for k, v in values.items() if k not in init_names}
+            return fn(model, params, *args, **fn_kw, **kwargs)
+
+        out = jax.eval_shape(one, jax.random.key(0))
+        per_item = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(out)) + 8
+        _ITEM_BYTES[signature] = per_item
+    need, free = n_items * per_item, available_bytes()
+    if need > free:
+        raise ValueError(
+            f"the results of {n_items:,} seeds (x grid points) need {need / 2**30:,.1f} GiB of "
+            f"host memory ({per_item} B each), more than the {free / 2**30:,.1f} GiB available; "
+            "run fewer seeds per call (seed i is the same network in any call: split the range)"
+        )

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # headless: figures are written to files, never shown
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradflow.sweep import Summary  # noqa: E402
+from gradflow.stats import Summary  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -26,65 +25,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gradflow import io
 from gradflow.memory import (
     ChunkChoice,
-    available_bytes,
+    check_results_fit,
     choose_chunk,
     default_budget,
     parse_bytes,
 )
 from gradflow.models import Model
 from gradflow.progress import Progress
+from gradflow.seeds import as_keys, check_finite, positive_int
 
 AXIS = "seeds"
 """Name of the mesh axis the seeds (or flattened grid-point x seed pairs) are sharded over."""
-
-
-def seed_keys(n: int, base: jax.Array | None = None) -> jax.Array:
-    """Typed keys for seeds 0..n-1: ``fold_in(base, i)`` with ``base = jax.random.key(0)``.
-
-    Returns: a key array of shape (n,).
-    """
-    n = _positive_int("the number of seeds", n)
-    base = jax.random.key(0) if base is None else base
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n, dtype=jnp.uint32))
-
-
-def _positive_int(name: str, value, alternatives: str = "") -> int:
-    """``value`` as an int >= 1, or a ValueError naming ``name`` and what it may be."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1{alternatives}, got {value!r}")
-    return int(value)
-
-
-def as_keys(keys) -> jax.Array:
-    """Normalise ``keys`` (an int n, typed keys (n,), or raw uint32 keys (n, 2)) to typed keys."""
-    if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
-        return seed_keys(keys)
-    try:
-        keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
-    except TypeError:  # e.g. a string ("8" from a config file): say what keys may be
-        keys = jnp.zeros((0,))
-    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        if keys.ndim != 1 or keys.shape[0] < 1:
-            raise ValueError(f"keys must be a 1-d key array with >= 1 key, got shape {keys.shape}")
-        return keys
-    if keys.dtype == jnp.uint32 and keys.ndim == 2 and keys.shape[1] == 2 and keys.shape[0] >= 1:
-        return jax.random.wrap_key_data(keys)
-    raise ValueError(
-        "keys must be an int (number of seeds), a typed key array of shape (n,) from "
-        f"jax.random.key/split, or raw uint32 keys of shape (n, 2); got {keys!r:.80}"
-    )
-
-
-def check_finite(*arrays, names=None) -> None:
-    """Raise a ValueError if a floating array holds NaN or inf (checked on the host, once)."""
-    for i, a in enumerate(arrays):
-        arr = np.asarray(a)
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            name = names[i] if names else f"argument {i}"
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise ValueError(
-                f"{name} contains {bad} NaN/inf value(s); clean or drop those examples first"
-            )
 
 
 def _validate_call(fn, model, args, kwargs) -> None:
@@ -303,8 +254,8 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
         values[name] = v
     if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
         # Before drawing n keys: a billion seeds must be refused now, not after 12 GB of keys.
-        n_seeds = _positive_int("the number of seeds", keys)
-        _check_results_fit(fn, model, args, kwargs, hyper, values, n_seeds)
+        n_seeds = positive_int("the number of seeds", keys)
+        check_results_fit(fn, model, args, kwargs, hyper, values, n_seeds, _init_names(model))
     keys = as_keys(keys)
     points = np.meshgrid(*values.values(), indexing="ij") if values else []
     grid_flat = {name: p.reshape(-1) for name, p in zip(values, points, strict=True)}
@@ -315,7 +266,7 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
     key_data = np.asarray(jax.random.key_data(keys))
     impl = jax.random.key_impl(keys)
     if vmap_size is not None:
-        vmap_size = _round_up(_positive_int("vmap_size", vmap_size, " or None"), mesh.size)
+        vmap_size = _round_up(positive_int("vmap_size", vmap_size, " or None"), mesh.size)
     static = dict(
         fn=fn, model=model, kwargs=tuple(sorted(kwargs.items())), impl=impl,
         init_names=init_names, mesh=mesh, vmap_size=vmap_size,
@@ -340,40 +291,6 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
 
     grid_shape = tuple(v.size for v in values.values())
     return _Job(key_data, grid_shape, grid_flat, args, hyper, static, fingerprint)
-
-
-_ITEM_BYTES: dict = {}  # (fn, model, static options, shapes) -> bytes of one seed's result
-
-
-def _check_results_fit(fn, model, args, kwargs, hyper, grid, n_seeds: int) -> None:
-    """Refuse a sweep whose results (plus the seeds' keys) cannot fit in host memory, from one
-    seed's result shape (abstract evaluation: no FLOPs) and the grid size."""
-    n_items = n_seeds * math.prod(np.size(v) for v in grid.values())
-    init_names = _init_names(model)
-    values = {k: jnp.asarray(np.ravel(v)[0]) for k, v in {**hyper, **grid}.items()}
-    signature = (
-        fn, model, tuple(sorted(kwargs.items())),
-        tuple((np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in args),
-        tuple((k, v.dtype) for k, v in sorted(values.items())),
-    )  # fmt: skip
-    per_item = _ITEM_BYTES.get(signature)
-    if per_item is None:  # traced once per signature: repeated sweeps pay nothing
-
-        def one(key):
-            params = model.init(key, **{k: v for k, v in values.items() if k in init_names})
-            fn_kw = {k: v for k, v in values.items() if k not in init_names}
-            return fn(model, params, *args, **fn_kw, **kwargs)
-
-        out = jax.eval_shape(one, jax.random.key(0))
-        per_item = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(out)) + 8
-        _ITEM_BYTES[signature] = per_item
-    need, free = n_items * per_item, available_bytes()
-    if need > free:
-        raise ValueError(
-            f"the results of {n_items:,} seeds (x grid points) need {need / 2**30:,.1f} GiB of "
-            f"host memory ({per_item} B each), more than the {free / 2**30:,.1f} GiB available; "
-            "run fewer seeds per call (seed i is the same network in any call: split the range)"
-        )
 
 
 def _parameters(fn) -> set | None:
@@ -414,7 +331,7 @@ def _inputs(job: _Job, start: int, size: int):
 def _execute(job: _Job, chunk_size, memory, run_dir, quiet, kind):
     n, n_dev = job.n_items, job.static["mesh"].size
     if not (chunk_size is None or chunk_size == "auto"):
-        _positive_int("chunk_size", chunk_size, ", 'auto' or None")
+        positive_int("chunk_size", chunk_size, ", 'auto' or None")
     run = None
     if run_dir is not None:
         fingerprint = {"kind": kind, **job.fingerprint(), "chunk_size": chunk_size}
@@ -494,39 +411,4 @@ def _auto_chunk(job: _Job, memory):
         mesh.size,
         budget,
         multiple=job.static["vmap_size"] or mesh.size,
-    )
-
-
-class Summary(NamedTuple):
-    """Summaries across seeds (axis 0). Norms are closer to log-normal than normal, so the median,
-    quantiles and geometric mean describe them better than mean and std."""
-
-    median: np.ndarray
-    q05: np.ndarray
-    q95: np.ndarray
-    geomean: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-
-
-def summarize(values, axis: int = 0) -> Summary:
-    """Median, 5%/95% quantiles, geometric mean, mean and std over ``axis`` (the seed axis).
-
-    NaN/inf seeds (exploded networks) are ignored by the median and quantiles (``nanquantile``)
-    and make the mean and geometric mean non-finite, so they stay visible.
-
-    ``values`` may be a pytree of arrays (e.g. a swept :class:`gradflow.LayerGradNorms`): the
-    result is the same pytree with a :class:`Summary` in place of every leaf.
-    """
-    if not isinstance(values, (np.ndarray, jax.Array, list, tuple, float, int)):
-        leaves, treedef = jax.tree.flatten(values)
-        return jax.tree.unflatten(treedef, [summarize(v, axis) for v in leaves])
-    v = np.asarray(values, dtype=np.float64)
-    finite = np.where(np.isfinite(v), v, np.nan)
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN, as wanted
-        q05, median, q95 = np.nanquantile(finite, [0.05, 0.5, 0.95], axis=axis)
-        geomean = np.exp(np.mean(np.log(v), axis=axis))
-    return Summary(
-        median=median, q05=q05, q95=q95, geomean=geomean, mean=v.mean(axis), std=v.std(axis)
     )

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import gradflow
-from gradflow.sweep import as_keys, seed_keys, summarize, sweep
+from gradflow.seeds import as_keys, seed_keys
+from gradflow.stats import summarize
+from gradflow.sweep import sweep
 from tests.conftest import assert_trees_close
 
 # Two weight layers: compiling the vmapped threefry draws dominates each sweep's cost on CPU.
