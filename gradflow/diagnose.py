@@ -30,7 +30,7 @@ from jax.flatten_util import ravel_pytree
 from gradflow import activations
 from gradflow.losses import get_loss
 from gradflow.models import Model
-from gradflow.probes import backward, layer_grad_norms, validate
+from gradflow.probes import backward, norms_from_backward, validate
 
 SATURATION = 0.01  # a unit is saturated when phi'(z) < SATURATION * max phi'
 
@@ -146,8 +146,9 @@ def diagnose(
     """
     validate(model, x, y, loss, params)
     loss_fn = get_loss(loss)
-    norms = layer_grad_norms(model, params, x, y, loss)
-    _, g_params, g_taps, values, _, specs = backward(model, params, x, y, loss)
+    back = backward(model, params, x, y, loss)
+    norms = norms_from_backward(model, params, x, back)
+    _, g_params, g_taps, values, _, specs = back
 
     def batch_loss(params):
         return jnp.mean(loss_fn(model.apply(params, x), y))

@@ -142,29 +142,22 @@ def dense(
 
     return Layer(
         "dense", init_fn, _recording(apply), out_shape,
-        ("dense", n_out, init, sw2, sb2, transposed), name, True, jac, _recording_fm(apply_fm),
+        ("dense", n_out, init, sw2, sb2, transposed), name, True, jac,
+        _recording(apply_fm, batch_axis=1),
     )  # fmt: skip
 
 
-def _recording(apply):
+def _recording(apply, batch_axis: int = 0):
     """Dense apply that records each example's squared input norm under a probe, so that the
     per-example weight gradient ``||a_x (dC_x/dz_x)^T||_F = ||a_x|| ||dC_x/dz_x||`` is exact
-    and cheap (see :func:`gradflow.probes.layer_grad_norms`)."""
+    and cheap (see :func:`gradflow.probes.layer_grad_norms`). Only for 2-d inputs (batch, n)
+    (or (n, batch) feature-major): with more axes the per-example gradient is a sum of outer
+    products and the shortcut does not hold."""
 
     def run(params, x):
-        if taps.active() and x.ndim == 2:  # (batch, n) only: with more axes the per-example
-            # gradient is a sum of outer products and the shortcut does not hold
-            taps.record("input_sq", jnp.sum(jnp.square(x), axis=1))
+        if taps.active() and x.ndim == 2:
+            taps.record("input_sq", jnp.sum(jnp.square(x), axis=1 - batch_axis))
         return apply(params, x)
-
-    return run
-
-
-def _recording_fm(apply_fm):
-    def run(params, x):
-        if taps.active():
-            taps.record("input_sq", jnp.sum(jnp.square(x), axis=0))
-        return apply_fm(params, x)
 
     return run
 

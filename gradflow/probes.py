@@ -243,7 +243,13 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
     References:
       Nielsen 2015, *Neural Networks and Deep Learning*, ch. 5; Glorot & Bengio 2010.
     """
-    value, g_params, g_taps, values, records, specs = backward(model, params, x, y, loss)
+    return norms_from_backward(model, params, x, backward(model, params, x, y, loss))
+
+
+def norms_from_backward(model: Model, params, x: jax.Array, back) -> LayerGradNorms:
+    """:class:`LayerGradNorms` from the outputs of :func:`backward` (callers that also need the
+    raw gradients, as :func:`gradflow.diagnose.diagnose` does, run the backward pass once)."""
+    value, g_params, g_taps, _, records, specs = back
     groups = leaf_groups(model, params, x)
     flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
     flat_g = jax.tree.leaves(g_params)
