@@ -25,6 +25,7 @@ from gradflow import (  # noqa: E402
     losses,
     meanfield,
     models,
+    monitor,
     nets,
     norm_layers,
     plots,
@@ -34,6 +35,7 @@ from gradflow import (  # noqa: E402
     taps,
     theory,
     train,
+    writers,
 )
 from gradflow import sweep as sweeps  # noqa: E402
 from gradflow.activations import ACTIVATIONS  # noqa: E402
@@ -99,6 +101,7 @@ __all__ = [
     "meanfield",
     "mlp",
     "models",
+    "monitor",
     "nets",
     "norm_layers",
     "plots",
@@ -118,4 +121,5 @@ __all__ = [
     "time_grad_norms",
     "train",
     "transformer",
+    "writers",
 ]
