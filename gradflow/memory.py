@@ -183,30 +183,120 @@ def choose_chunk(
     return choice, compiled[per]
 
 
-_ITEM_BYTES: dict = {}  # (fn, model, static options, shapes) -> bytes of one seed's result
+class SeedCost(NamedTuple):
+    """What one seed of a sweep costs, read off one trace of its program (no compilation).
+
+    Attributes:
+      result_bytes: bytes of one seed's result (plus its key) on the host.
+      traced_bytes: bytes of every intermediate of one seed's program, as if all were alive at
+        once (an overestimate of its working set).
+      flops: floating-point operations of its matrix products and convolutions (scan bodies
+        times their length); elementwise work is not counted.
+    """
+
+    result_bytes: int
+    traced_bytes: int
+    flops: float
 
 
-def check_results_fit(fn, model, args, kwargs, hyper, grid, n_seeds: int, init_names) -> None:
-    """Refuse a sweep whose results (plus the seeds' keys) cannot fit in host memory, from one
-    seed's result shape (abstract evaluation: no FLOPs) and the grid size."""
-    n_items = n_seeds * math.prod(np.size(v) for v in grid.values())
+_SEED_COSTS: dict = {}  # (fn, model, static options, shapes) -> SeedCost
+
+
+def seed_cost(fn, model, args, kwargs, hyper, grid, init_names) -> SeedCost:
+    """One seed's :class:`SeedCost`, traced once per signature (repeated sweeps pay nothing)."""
     values = {k: jnp.asarray(np.ravel(v)[0]) for k, v in {**hyper, **grid}.items()}
     signature = (
         fn, model, tuple(sorted(kwargs.items())),
         tuple((np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in args),
         tuple((k, v.dtype) for k, v in sorted(values.items())),
     )  # fmt: skip
-    per_item = _ITEM_BYTES.get(signature)
-    if per_item is None:  # traced once per signature: repeated sweeps pay nothing
+    cost = _SEED_COSTS.get(signature)
+    if cost is None:
 
         def one(key):
             params = model.init(key, **{k: v for k, v in values.items() if k in init_names})
             fn_kw = {k: v for k, v in values.items() if k not in init_names}
             return fn(model, params, *args, **fn_kw, **kwargs)
 
-        out = jax.eval_shape(one, jax.random.key(0))
-        per_item = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(out)) + 8
-        _ITEM_BYTES[signature] = per_item
+        closed = jax.make_jaxpr(one)(jax.random.key(0))
+        out = sum(math.prod(a.shape) * a.dtype.itemsize for a in closed.out_avals) + 8
+        cost = SeedCost(out, traced_bytes(closed), matmul_flops(closed.jaxpr))
+        _SEED_COSTS[signature] = cost
+    return cost
+
+
+def matmul_flops(jaxpr) -> float:
+    """FLOPs of the ``dot_general`` and convolution equations of a jaxpr, sub-jaxprs included
+    (a scan's body counted ``length`` times; both branches of a ``cond``)."""
+    n = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            k = math.prod(lhs[d] for d in contract)
+            n += 2.0 * math.prod(eqn.outvars[0].aval.shape) * k
+        elif name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape  # kernel: its size / output features = per output
+            n += (
+                2.0
+                * math.prod(eqn.outvars[0].aval.shape)
+                * math.prod(rhs)
+                / max(rhs[eqn.params["dimension_numbers"].rhs_spec[0]], 1)
+            )
+        times = eqn.params.get("length", 1) if name == "scan" else 1
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (tuple, list)) else (p,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    n += times * matmul_flops(sub)
+    return n
+
+
+GROUP_FLOPS = 8e9
+"""Matmul FLOPs a vmapped group of seeds should hold: enough that small per-seed matmuls
+(Nielsen's nets: 0.15 GFLOP a seed) are batched into efficient ones, few enough that a seed
+whose matmuls already fill the device (depth 50, width 256: 2.5 GFLOP) is not widened into
+memory-bound ones (bench/README.md: groups of 32 and 4 were the best measured there)."""
+
+MAX_GROUP = 256
+GROUPS_PER_CHUNK = 8
+"""Groups run one after another inside one compiled call (``lax.map``): fewer dispatches,
+and the host copies a chunk's results while the next chunk runs. Bounds a chunk, so memory is
+flat in the number of seeds."""
+
+
+class Plan(NamedTuple):
+    """The default split of a sweep: ``vmap_size`` seeds vectorised together, ``chunk_size``
+    seeds per compiled call (a multiple of ``vmap_size``)."""
+
+    chunk_size: int
+    vmap_size: int
+
+
+def default_plan(cost: SeedCost, n_items: int, n_devices: int, budget: int) -> Plan:
+    """Chunk and group sizes from one seed's cost alone: no candidate is compiled.
+
+    The group (``vmap_size``) is the power of two nearest ``GROUP_FLOPS / cost.flops``, at most
+    ``MAX_GROUP``, shrunk until ``group * cost.traced_bytes`` (an overestimate) fits the budget,
+    and a multiple of the device count. It depends on the program, never on ``n_items``, so a
+    seed's numbers are the same whatever the number of seeds or the chunk (XLA picks its matmul
+    kernels by shape: a different group size can move results by float rounding). A chunk holds
+    up to ``GROUPS_PER_CHUNK`` groups.
+    """
+    ratio = GROUP_FLOPS / max(cost.flops, 1.0)
+    group = int(min(MAX_GROUP, 2 ** max(0, round(math.log2(ratio))))) if ratio > 1 else 1
+    while group > 1 and group * cost.traced_bytes / n_devices > budget:
+        group //= 2
+    group = -(-group // n_devices) * n_devices
+    groups = min(GROUPS_PER_CHUNK, max(1, -(-n_items // group)))
+    return Plan(group * groups, group)
+
+
+def check_results_fit(cost: SeedCost, n_items: int) -> None:
+    """Refuse a sweep whose results (plus the seeds' keys) cannot fit in host memory, from one
+    seed's result size and the number of (grid point, seed) items."""
+    per_item = cost.result_bytes
     need, free = n_items * per_item, available_bytes()
     if need > free:
         raise ValueError(

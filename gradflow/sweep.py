@@ -25,10 +25,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gradflow import io
 from gradflow.memory import (
     ChunkChoice,
+    SeedCost,
     check_results_fit,
     choose_chunk,
     default_budget,
+    default_plan,
     parse_bytes,
+    seed_cost,
 )
 from gradflow.models import Model
 from gradflow.progress import Progress
@@ -69,22 +72,27 @@ def sweep(
       keys: an int n (seeds 0..n-1, see :func:`seed_keys`) or an array of keys.
       *args: arrays shared by all seeds (data), passed to ``fn`` as traced arguments.
       chunk_size: seeds per compiled call: an int, ``"auto"`` (the largest chunk whose compiled
-        program fits ``memory``, see :func:`auto_chunk_size`) or None (all at once). Memory grows
-        with the chunk, not with the number of seeds; chunks are rounded up to a multiple of the
-        device count and the last one is padded, so one compilation serves all.
-      vmap_size: seeds vectorised together inside a chunk (None: the whole chunk). With k, a
-        chunk runs as groups of k vmapped seeds one after another inside the same compiled
-        program (``jax.lax.map``), and chunks are rounded up to a multiple of k (k itself to a
-        multiple of the device count). Vectorising pays when one seed is too small to keep
-        the device busy (the Nielsen-scale benchmark); when one seed's matmuls already fill it
-        (depth 50, width 256 on 2 CPU cores), groups of 2-8 ran ~1.2x faster than vmapping 32
-        (bench/README.md). Results agree with the default to float rounding.
+        program fits ``memory``, see :func:`auto_chunk_size`) or None (the default, below).
+        Memory grows with the chunk, not with the number of seeds; chunks are rounded up to a
+        multiple of the device count and the last one is padded, so one compilation serves all.
+      vmap_size: seeds vectorised together inside a chunk. With k, a chunk runs as groups of k
+        vmapped seeds one after another inside the same compiled program (``jax.lax.map``),
+        and chunks are rounded up to a multiple of k (k itself to a multiple of the device
+        count). With ``chunk_size`` given and ``vmap_size=None``: the whole chunk at once.
+        Default (both None): chosen from one trace of one seed's program, nothing compiled
+        (:func:`gradflow.memory.default_plan`): groups of the power of two nearest 8 GFLOP of
+        matmuls (Nielsen's nets: 64 seeds; depth 50 width 256: 4), shrunk to fit ``memory``,
+        eight groups a chunk. The group depends on the program only, so a seed's numbers are
+        bit-identical whatever the number of seeds; other group sizes agree to float32
+        rounding (XLA picks matmul kernels by shape).
       hyper: traced values shared by all seeds, so new values do not recompile. Names that
         ``model.init`` accepts (``sigma_w2``, ``sigma_b2``) go to init, others (e.g. ``lr``) to
         ``fn`` as keyword arguments.
       devices: the devices each chunk is sharded over: None (all local devices), an int k (the
         first k) or a list of this process's devices. Results equal a one-device run.
-      memory: the per-device budget for ``chunk_size="auto"``: bytes or a string like ``"4GiB"``.
+      memory: the per-device budget for ``chunk_size="auto"`` and the default split: bytes or a
+        string like ``"4GiB"`` (default: 80% of an accelerator's memory, or on CPU half the RAM
+        split across the devices).
       run_dir: a folder that makes the sweep resumable: each finished chunk is saved there
         atomically, a re-run skips verified chunks, and a folder holding a different sweep is
         refused with a ValueError. Results go to ``results.npz`` and ``config.json``.
@@ -169,6 +177,7 @@ class _Job(NamedTuple):
     hyper: dict  # shared traced values, replicated
     static: dict  # static arguments of _run_chunk
     fingerprint: Callable[[], dict]  # what a run directory must match (see gradflow.io)
+    cost: SeedCost  # one seed's result bytes, working set and FLOPs (memory.seed_cost)
 
     @property
     def n_items(self) -> int:
@@ -253,9 +262,14 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
             raise ValueError(f"grid[{name!r}] must be a non-empty 1-d array, got shape {v.shape}")
         values[name] = v
     if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
-        # Before drawing n keys: a billion seeds must be refused now, not after 12 GB of keys.
         n_seeds = positive_int("the number of seeds", keys)
-        check_results_fit(fn, model, args, kwargs, hyper, values, n_seeds, _init_names(model))
+    else:
+        keys = as_keys(keys)
+        n_seeds = keys.shape[0]
+    # One trace of one seed (cached per signature) sizes the results and the default chunks.
+    cost = seed_cost(fn, model, args, kwargs, hyper, values, init_names)
+    # Before drawing n keys: a billion seeds must be refused now, not after 12 GB of keys.
+    check_results_fit(cost, n_seeds * math.prod(v.size for v in values.values()))
     keys = as_keys(keys)
     points = np.meshgrid(*values.values(), indexing="ij") if values else []
     grid_flat = {name: p.reshape(-1) for name, p in zip(values, points, strict=True)}
@@ -290,7 +304,7 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
         }
 
     grid_shape = tuple(v.size for v in values.values())
-    return _Job(key_data, grid_shape, grid_flat, args, hyper, static, fingerprint)
+    return _Job(key_data, grid_shape, grid_flat, args, hyper, static, fingerprint, cost)
 
 
 def _parameters(fn) -> set | None:
@@ -338,6 +352,11 @@ def _execute(job: _Job, chunk_size, memory, run_dir, quiet, kind):
         if job.static["vmap_size"] is not None:  # absent by default: older run dirs still match
             fingerprint["vmap_size"] = job.static["vmap_size"]
         run = io.RunDir.open(run_dir, fingerprint)  # refuses a different sweep, before any work
+    if chunk_size is None and job.static["vmap_size"] is None:  # the default: from the cost
+        plan = default_plan(job.cost, n, n_dev, _budget(job, memory))
+        job = job._replace(static={**job.static, "vmap_size": plan.vmap_size})
+    else:
+        plan = None
     runner = partial(_run_chunk, **job.static)
     bar = Progress(n, unit="seeds", desc=kind, quiet=quiet)
     if run is not None and run.chunk_size is not None:
@@ -346,6 +365,8 @@ def _execute(job: _Job, chunk_size, memory, run_dir, quiet, kind):
         choice, runner = _auto_chunk(job, memory)
         chunk = choice.chunk_size
         bar.note(f"chunk_size auto: {chunk} ({choice.method}, ~{choice.predicted_bytes:.3g} B)")
+    elif plan is not None:  # whole groups even below n: a seed's program never changes shape
+        chunk = plan.chunk_size
     else:
         chunk = _round_up(min(n if chunk_size is None else int(chunk_size), n), n_dev)
         chunk = _round_up(chunk, _step(job, chunk))
@@ -400,15 +421,19 @@ def _step(job: _Job, chunk: int) -> int:
 def _auto_chunk(job: _Job, memory):
     """(ChunkChoice, compiled runner) for ``chunk_size="auto"``; see :func:`memory.choose_chunk`."""
     mesh = job.static["mesh"]
-    if memory is None:
-        budget = default_budget(mesh.devices.flat[0], mesh.size)
-    else:
-        budget = parse_bytes(memory)
     return choose_chunk(  # _run_chunk.lower(...) shares jit's in-memory compilation cache
         lambda size: _run_chunk.lower(*_specs(job, size), **job.static).compile(),
         lambda size: jax.make_jaxpr(partial(_run_chunk, **job.static))(*_specs(job, size)),
         job.n_items,
         mesh.size,
-        budget,
+        _budget(job, memory),
         multiple=job.static["vmap_size"] or mesh.size,
     )
+
+
+def _budget(job: _Job, memory) -> int:
+    """Per-device bytes: ``memory`` if given, else :func:`memory.default_budget`."""
+    mesh = job.static["mesh"]
+    if memory is None:
+        return default_budget(mesh.devices.flat[0], mesh.size)
+    return parse_bytes(memory)

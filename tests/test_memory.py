@@ -1,5 +1,6 @@
 """chunk_size="auto": parse budgets, fit bytes = a + b * chunk, stay within budget."""
 
+import sys
 from types import SimpleNamespace
 
 import jax
@@ -77,3 +78,48 @@ def test_auto_chunk_is_within_budget_and_matches_the_unchunked_sweep():
     assert choice.predicted_bytes <= budget  # XLA's own count at the chosen chunk
     auto = gf.sweep(*args, loss="mse", chunk_size="auto", memory=budget)
     assert_trees_close(auto, gf.sweep(*args, loss="mse"), rtol=1e-5, atol=1e-7)
+
+
+def test_default_plan_from_flops_and_bytes():
+    from gradflow.memory import GROUP_FLOPS, SeedCost, default_plan
+
+    # The group is the power of two nearest GROUP_FLOPS / flops, capped, and never depends on n.
+    small = SeedCost(result_bytes=100, traced_bytes=2**20, flops=GROUP_FLOPS / 40)  # 40 -> 32
+    assert default_plan(small, 10**6, 1, 2**40) == (8 * 32, 32)
+    assert default_plan(small, 3, 1, 2**40) == (32, 32)  # below one group: still whole groups
+    assert default_plan(small, 100, 1, 2**40) == (4 * 32, 32)
+    assert default_plan(small, 100, 8, 2**40).vmap_size == 32  # already a multiple of 8
+    big = SeedCost(100, 2**20, flops=GROUP_FLOPS * 10)
+    assert default_plan(big, 64, 1, 2**40) == (8, 1)
+    assert default_plan(big, 64, 8, 2**40) == (64, 8)  # one seed per device at least
+    # Memory: the group shrinks until its traced working set fits the budget.
+    assert default_plan(small, 10**6, 1, budget=5 * 2**20).vmap_size == 4
+
+
+def test_default_sweep_is_bounded_and_a_seed_does_not_depend_on_n(monkeypatch):
+    """The default split: numbers per seed identical (bitwise) for any seed count and for the
+    same split given by hand; chunks bounded so memory is flat in the number of seeds; the
+    compiled chunk program within a small budget (XLA's memory analysis, not a clock)."""
+    from gradflow import memory
+
+    monkeypatch.setattr(memory, "GROUP_FLOPS", 1.0)  # force small groups on a tiny model
+    monkeypatch.setattr(memory, "MAX_GROUP", 2)
+    model = gf.mlp([6, 24, 3], "tanh")
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(8, 6)).astype(np.float32), rng.normal(size=(8, 3)).astype(np.float32)
+    many = gf.sweep(gf.layer_grad_norms, model, 21, x, y, loss="mse")  # 2 chunks of 8 groups
+    few = gf.sweep(gf.layer_grad_norms, model, 3, x, y, loss="mse")
+    tuned = gf.sweep(gf.layer_grad_norms, model, 21, x, y, loss="mse", chunk_size=16, vmap_size=2)
+    assert_trees_close(few, jax.tree.map(lambda a: a[:3], many), rtol=0)
+    assert_trees_close(tuned, many, rtol=0)
+    # A budget that holds 2 seeds' traced working set but not 3: the chunk program fits it.
+    sw = sys.modules["gradflow.sweep"]  # the module (gradflow.sweep is also the function)
+    monkeypatch.setattr(memory, "GROUP_FLOPS", 1e15)
+    monkeypatch.setattr(memory, "MAX_GROUP", 256)
+    job = sw._prepare(gf.layer_grad_norms, model, 100_000, (x, y), {"loss": "mse"}, *[None] * 3)
+    budget = int(2.5 * job.cost.traced_bytes)
+    plan = memory.default_plan(job.cost, 100_000, 1, budget)
+    assert plan.vmap_size == 2 and plan.chunk_size == 16  # not 100,000: bounded by design
+    job = job._replace(static={**job.static, "vmap_size": plan.vmap_size})
+    compiled = sw._run_chunk.lower(*sw._specs(job, plan.chunk_size), **job.static).compile()
+    assert memory.compiled_bytes(compiled) <= budget
