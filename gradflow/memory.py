@@ -259,7 +259,7 @@ GROUP_FLOPS = 8e9
 whose matmuls already fill the device (depth 50, width 256: 2.5 GFLOP) is not widened into
 memory-bound ones (bench/README.md: groups of 32 and 4 were the best measured there)."""
 
-MAX_GROUP = 256
+MAX_GROUP = 64  # the most padding a sweep of fewer seeds pays (tiny models: negligible)
 GROUPS_PER_CHUNK = 8
 """Groups run one after another inside one compiled call (``lax.map``): fewer dispatches,
 and the host copies a chunk's results while the next chunk runs. Bounds a chunk, so memory is

@@ -115,7 +115,7 @@ def test_default_sweep_is_bounded_and_a_seed_does_not_depend_on_n(monkeypatch):
     # A budget that holds 2 seeds' traced working set but not 3: the chunk program fits it.
     sw = sys.modules["gradflow.sweep"]  # the module (gradflow.sweep is also the function)
     monkeypatch.setattr(memory, "GROUP_FLOPS", 1e15)
-    monkeypatch.setattr(memory, "MAX_GROUP", 256)
+    monkeypatch.setattr(memory, "MAX_GROUP", 64)
     job = sw._prepare(gf.layer_grad_norms, model, 100_000, (x, y), {"loss": "mse"}, *[None] * 3)
     budget = int(2.5 * job.cost.traced_bytes)
     plan = memory.default_plan(job.cost, 100_000, 1, budget)
