@@ -220,7 +220,10 @@ def cmd_sweep(args) -> int:
         vmap_size=args.vmap_size,
     )  # fmt: skip
     if resuming:
-        print(f"resumed the run in {args.out}: chunks finished earlier were loaded")
+        print(
+            f"resumed the run in {args.out}: chunks finished earlier were loaded "
+            "(how many: on stderr unless --quiet)"
+        )
     print(format_layer_table(norms))
     if args.out:
         out = save_run(

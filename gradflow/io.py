@@ -186,6 +186,8 @@ class RunDir:
                 "folder to start over, or use a new --out/run_dir"
             ) from None
         old, new = _flatten(stored), _flatten(fingerprint)
+        if "n_seeds" in old and "n_seeds" in new:  # seeds 0..n-1: any n extends or subsets it
+            old["n_seeds"] = new["n_seeds"]
         diffs = [
             f"{k}: stored {_short(old.get(k))}, now {_short(new.get(k))}"
             for k in sorted(set(old) | set(new), key=lambda k: (k.split(".")[0], k))
@@ -200,6 +202,11 @@ class RunDir:
                 "to start over"
             )
         return cls(path, fingerprint, manifest)
+
+    @property
+    def stored_items(self) -> int | None:
+        """How many items (seeds x grid points) the run holds room for (None for a new run)."""
+        return None if self.manifest is None else int(self.manifest["n_items"])
 
     @property
     def chunk_size(self) -> int | None:
@@ -221,8 +228,12 @@ class RunDir:
                 **run_metadata(),
             }
             atomic_write(self.path / MANIFEST, _json_bytes(self.manifest))
-        elif self.chunk_size != chunk_size or self.manifest.get("n_items") != n_items:
+        elif self.chunk_size != chunk_size:
             raise AssertionError("resumed run must reuse its stored chunk size")
+        elif n_items > self.manifest["n_items"]:  # extended to more seeds 0..n-1
+            fingerprint = {**self.manifest["fingerprint"], "n_seeds": self.fingerprint["n_seeds"]}
+            self.manifest = {**self.manifest, "fingerprint": fingerprint, "n_items": n_items}
+            atomic_write(self.path / MANIFEST, _json_bytes(self.manifest))
 
     def chunk_path(self, index: int) -> pathlib.Path:
         return self.path / CHUNKS / f"{index:08d}.chunk"
@@ -262,9 +273,14 @@ class RunDir:
         if len(leaves) != len(expected):
             return None
         for a, (shape, dtype) in zip(leaves, expected, strict=True):
-            if a.shape != tuple(shape) or a.dtype != np.dtype(dtype):
+            # A run of more seeds 0..n-1 holds this chunk's first rows and more: slice them.
+            if (
+                a.shape[1:] != tuple(shape[1:])
+                or a.shape[0] < shape[0]
+                or a.dtype != np.dtype(dtype)
+            ):
                 return None
-        return leaves
+        return [a[: shape[0]] for a, (shape, _) in zip(leaves, expected, strict=True)]
 
     def write_results(self, tree, config: dict | None = None) -> pathlib.Path:
         """Write ``results.npz`` and ``config.json`` (see :func:`save_results`) into the run."""

@@ -1,38 +1,41 @@
-"""A small progress bar on stderr: done/total, rate (e.g. seeds/s) and ETA; no dependencies.
+"""Progress of long sweeps: ``tqdm.auto`` (a bar on a terminal, a widget in Jupyter).
 
-It draws only when its stream is a terminal and ``quiet`` is False, so logs, pipes, CI and tests
-stay clean::
+Silent in CI, logs and pipes (stderr not a terminal and not a notebook) and with ``quiet``;
+notes (the chunk ``"auto"`` chose, what a resumed run loaded) print whenever not ``quiet``::
 
     with Progress(1000, unit="seeds", desc="sweep") as bar:
         for chunk in chunks:
             ...
             bar.update(len(chunk))
+
+Work loaded from disk (a resumed run directory) counts as done but not in the rate, so the
+seeds/s and the ETA describe what is computed.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
 
+from tqdm.auto import tqdm
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where stderr is not a terminal but a bar is wanted)."""
+    shell = sys.modules.get("IPython")
+    ipython = getattr(shell, "get_ipython", lambda: None)() if shell else None
+    return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})
 
 
 class Progress:
-    """A one-line progress bar, redrawn in place at most every ``min_interval`` seconds.
+    """A progress bar over ``total`` units of work.
 
     Args:
       total: the number of units of work (e.g. seeds).
       unit: what a unit is called, used in ``"<rate> seeds/s"``.
       desc: a short label printed before the bar.
-      quiet: if True, never draw (the ``--quiet`` flag).
-      file: the stream (default ``sys.stderr``, looked up when the bar is made). Nothing is drawn
-        unless it is a terminal (``file.isatty()``).
+      quiet: if True, draw nothing and print no notes (the ``--quiet`` flag).
+      file: the stream (default ``sys.stderr``, looked up when the bar is made).
       min_interval: seconds between redraws.
     """
 
@@ -47,71 +50,42 @@ class Progress:
         min_interval: float = 0.1,
     ):
         self.total = max(int(total), 0)
-        self.unit = unit
-        self.desc = desc
+        self.quiet = quiet
         self.file = sys.stderr if file is None else file
         isatty = getattr(self.file, "isatty", None)
-        self.enabled = (not quiet) and bool(isatty and isatty())
-        self.min_interval = min_interval
+        self.enabled = (not quiet) and (bool(isatty and isatty()) or in_notebook())
         self.done = 0
-        self._computed = 0  # units computed here (the rate excludes ones loaded from disk)
-        self._start = time.perf_counter()
-        self._last_draw = -float("inf")
-        self._width = 0
+        self._bar = tqdm(
+            total=self.total, unit=unit, desc=desc or None, file=self.file,
+            disable=not self.enabled, mininterval=min_interval, dynamic_ncols=True, leave=True,
+        )  # fmt: skip
 
     def update(self, n: int, *, computed: bool = True) -> None:
         """Record ``n`` more units done; ``computed=False`` for work skipped (e.g. resumed)."""
         self.done += int(n)
         if computed:
-            self._computed += int(n)
-        now = time.perf_counter()
-        if self.enabled and (now - self._last_draw >= self.min_interval or self.done >= self.total):
-            self._draw(now)
+            self._bar.update(int(n))
+        elif self.enabled:  # done but not in the rate: tqdm rates (n - initial) / elapsed
+            for field in ("n", "last_print_n", "initial"):
+                setattr(self._bar, field, getattr(self._bar, field) + int(n))
+            self._bar.refresh()
 
     def note(self, message: str) -> None:
-        """Print a one-line message above the bar (only when the bar is drawn)."""
+        """Print a one-line message (above the bar when one is drawn) unless quiet."""
+        if self.quiet:
+            return
         if self.enabled:
-            self._clear()
-            print(message, file=self.file, flush=True)
-            self._draw(time.perf_counter())
-
-    def line(self, now: float | None = None) -> str:
-        """The bar's text, e.g. ``sweep  512/1000 seeds |#####     | 1.2e+03 seeds/s ETA 0:01``."""
-        now = time.perf_counter() if now is None else now
-        elapsed = max(now - self._start, 1e-9)
-        frac = self.done / self.total if self.total else 1.0
-        filled = int(20 * min(frac, 1.0))
-        rate = self._computed / elapsed
-        if self.done >= self.total:
-            eta = f"in {_clock(elapsed)}"
-        elif rate > 0:
-            eta = f"ETA {_clock((self.total - self.done) / rate)}"
+            self._bar.write(message, file=self.file)
         else:
-            eta = "ETA ?"
-        prefix = f"{self.desc} " if self.desc else ""
-        return (
-            f"{prefix}{self.done}/{self.total} {self.unit} |{'#' * filled}{' ' * (20 - filled)}| "
-            f"{rate:.3g} {self.unit}/s {eta}"
-        )
+            print(message, file=self.file, flush=True)
 
-    def _draw(self, now: float) -> None:
-        text = self.line(now)
-        self.file.write("\r" + text + " " * max(self._width - len(text), 0))
-        self.file.flush()
-        self._width = len(text)
-        self._last_draw = now
-
-    def _clear(self) -> None:
-        if self._width:
-            self.file.write("\r" + " " * self._width + "\r")
-            self._width = 0
+    def line(self) -> str:
+        """The bar's text, e.g. ``sweep:  51%|#####  | 512/1000 [00:01<00:01, 1e+03seeds/s]``."""
+        return str(self._bar)
 
     def close(self) -> None:
         """Finish the line (the last drawn state stays visible)."""
-        if self.enabled and self._width:
-            self.file.write("\n")
-            self.file.flush()
-            self._width = 0
+        self._bar.close()
 
     def __enter__(self) -> Progress:
         return self

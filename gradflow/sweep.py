@@ -261,7 +261,8 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
         if v.ndim != 1 or v.size == 0:
             raise ValueError(f"grid[{name!r}] must be a non-empty 1-d array, got shape {v.shape}")
         values[name] = v
-    if isinstance(keys, (int, np.integer)) and not isinstance(keys, bool):
+    seed_range = isinstance(keys, (int, np.integer)) and not isinstance(keys, bool)
+    if seed_range:
         n_seeds = positive_int("the number of seeds", keys)
     else:
         keys = as_keys(keys)
@@ -297,7 +298,12 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
             "fn": _name(fn),
             "model": config,
             "kwargs": {k: repr(v) for k, v in sorted(kwargs.items())},
-            "keys": f"{key_data.shape[0]} {impl} keys, sha256 {io.hash_array(key_data)[:16]}",
+            # Seeds 0..n-1 (an int): the count is its own field, so a run dir can be extended.
+            **(
+                {"keys": f"seeds fold_in(key(0), i), {impl}", "n_seeds": n_seeds}
+                if seed_range and not values
+                else {"keys": f"{n_seeds} {impl} keys, sha256 {io.hash_array(key_data)[:16]}"}
+            ),
             "args": [f"{a.dtype}{list(a.shape)} sha256 {io.hash_array(a)[:16]}" for a in args],
             "hyper": {k: np.asarray(v).tolist() for k, v in hyper.items()},
             "grid": {k: v.tolist() for k, v in values.items()},
@@ -352,6 +358,10 @@ def _execute(job: _Job, chunk_size, memory, run_dir, quiet, kind):
         if job.static["vmap_size"] is not None:  # absent by default: older run dirs still match
             fingerprint["vmap_size"] = job.static["vmap_size"]
         run = io.RunDir.open(run_dir, fingerprint)  # refuses a different sweep, before any work
+        if run.stored_items is not None and run.stored_items < n:
+            bar_note = f"extending {run_dir} from {run.stored_items} to {n} seeds"
+        else:
+            bar_note = None
     if chunk_size is None and job.static["vmap_size"] is None:  # the default: from the cost
         plan = default_plan(job.cost, n, n_dev, _budget(job, memory))
         job = job._replace(static={**job.static, "vmap_size": plan.vmap_size})
@@ -374,6 +384,9 @@ def _execute(job: _Job, chunk_size, memory, run_dir, quiet, kind):
     padded = _round_up(chunk, _step(job, chunk))
     if run is not None:
         run.begin(chunk, n)
+        if bar_note:
+            bar.note(bar_note)
+    counts = {"loaded": 0, "computed": 0}
     spec = jax.eval_shape(partial(_run_chunk, **job.static), *_specs(job, padded))
     specs, treedef = jax.tree.flatten(spec)
     results = [np.empty((n, *s.shape[1:]), s.dtype) for s in specs]
@@ -387,6 +400,7 @@ def _execute(job: _Job, chunk_size, memory, run_dir, quiet, kind):
         for r, a in zip(results, leaves, strict=True):
             r[start : start + count] = a
         bar.update(count, computed=computed)
+        counts["computed" if computed else "loaded"] += 1
 
     with bar:
         pending = None
@@ -407,7 +421,12 @@ def _execute(job: _Job, chunk_size, memory, run_dir, quiet, kind):
     lead = (*job.grid_shape, job.key_data.shape[0])
     out = jax.tree.unflatten(treedef, [r.reshape(lead + r.shape[1:]) for r in results])
     if run is not None:
-        run.write_results(out)
+        bar.note(
+            f"run_dir {run_dir}: loaded {counts['loaded']} chunk(s) from disk, computed "
+            f"{counts['computed']}"
+        )
+        if run.stored_items is None or n >= run.stored_items:  # a subset keeps the full results
+            run.write_results(out)
     return out
 
 

@@ -156,8 +156,9 @@ def test_mismatched_run_dir_is_refused(tmp_path):
         with pytest.raises(ValueError, match=rf"different sweep \({field}: stored") as e:
             _sweep(run_dir, **kw)
         assert "new --out/run_dir" in str(e.value) and "delete" in str(e.value)
+    keys = gf.seed_keys(N_SEEDS + 1)  # explicit keys: their hash, so never extended
     with pytest.raises(ValueError, match="keys"):
-        gf.sweep(gf.layer_grad_norms, MODEL, N_SEEDS + 1, x, y, loss="mse", chunk_size=4,
+        gf.sweep(gf.layer_grad_norms, MODEL, keys, x, y, loss="mse", chunk_size=4,
                  run_dir=run_dir)  # fmt: skip
 
     other = tmp_path / "other"
@@ -200,10 +201,14 @@ def test_cli_resumes_a_matching_out_and_refuses_a_different_one(tmp_path, capsys
     np.testing.assert_array_equal(again["weights"], first["weights"])
     assert meta["config"]["seeds"] == N_SEEDS and "git_sha" in meta
 
-    argv[argv.index("--seeds") + 1] = str(N_SEEDS + 1)
+    argv[argv.index("--seeds") + 1] = str(N_SEEDS + 1)  # more seeds: the run dir grows
+    argv.remove("--quiet")  # --quiet silences the counts too
+    assert cli.main(argv) == 0
+    assert "loaded 5 chunk(s) from disk, computed 1" in capsys.readouterr().err
+    argv[argv.index("--sigma-w2") + 1] = "2.0"  # another sweep: refused
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "different sweep (keys" in err and "delete" in err
+    assert err.count("\n") == 1 and "different sweep (" in err and "delete" in err
 
 
 def test_models_sharing_a_config_never_share_a_program_or_a_run(tmp_path):
@@ -220,3 +225,30 @@ def test_models_sharing_a_config_never_share_a_program_or_a_run(tmp_path):
     gf.sweep(gf.layer_grad_norms, doubled, 4, x, y, loss="mse", quiet=True, run_dir=run_dir)
     with pytest.raises(ValueError, match=r"different sweep \(model\.apply: stored"):
         gf.sweep(gf.layer_grad_norms, shifted, 4, x, y, loss="mse", quiet=True, run_dir=run_dir)
+
+
+def test_more_seeds_extend_a_run_dir_and_fewer_load_a_subset(tmp_path, saved_chunks, capsys):
+    """Seeds 0..n-1 are the same networks for any n, so a run dir grows exactly: only the old
+    partial last chunk and the new chunks are computed, and the result equals one run."""
+    run_dir = tmp_path / "run"
+    x, y = _data()
+
+    def run(n):
+        return gf.sweep(gf.layer_grad_norms, MODEL, n, x, y, loss="mse", chunk_size=CHUNK,
+                        run_dir=run_dir)  # fmt: skip
+
+    run(N_SEEDS)  # 22 seeds: chunks 0..5, the last holding 2
+    saved_chunks.clear()
+    capsys.readouterr()
+    grown = run(N_SEEDS + 7)  # 29 seeds: chunk 5 recomputed (now 4), chunks 6 and 7 new
+    assert saved_chunks == [5, 6, 7]
+    err = capsys.readouterr().err
+    assert f"from {N_SEEDS} to {N_SEEDS + 7} seeds" in err and "loaded 5 chunk(s)" in err
+    one_run = gf.sweep(gf.layer_grad_norms, MODEL, N_SEEDS + 7, x, y, loss="mse", chunk_size=CHUNK)
+    _assert_identical(grown, one_run)
+    saved_chunks.clear()
+    subset = run(10)  # loads chunks 0..2 (the third sliced), computes nothing
+    assert saved_chunks == []
+    _assert_identical(subset, jax.tree.map(lambda a: a[:10], grown))
+    _, config = io.load_results(run_dir)
+    assert config["config"]["run"]["n_seeds"] == N_SEEDS + 7  # results of the full run kept
