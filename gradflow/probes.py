@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gradflow import taps
+from gradflow import precision, taps
 from gradflow.losses import check_targets, get_loss
 from gradflow.models import Model, check_inputs, check_params, leaf_groups
 
@@ -102,7 +102,8 @@ def _jit_probe(fn):
     @wraps(fn)
     def probe(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "mse"):
         validate(model, x, y, loss, params)
-        return jitted(model, params, x, y, loss=loss)
+        with precision.full_unless_chosen():  # full float32 matmuls on GPU/TPU too
+            return jitted(model, params, x, y, loss=loss)
 
     return probe
 
