@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from gradflow.inits import INIT_FORMULAS
+
 USAGE_ERROR = 2
 
 
@@ -37,7 +39,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="layer sizes, input first, e.g. 784,30,30,30,10",
     )
     p.add_argument("--activation", default="sigmoid", help="hidden nonlinearity (default sigmoid)")
-    p.add_argument("--init", default="nielsen", help="initialisation (default nielsen)")
+    p.add_argument(
+        "--init",
+        default="nielsen",
+        help="initialisation (default nielsen); formulas: "
+        + "; ".join(f"{k}: {v}" for k, v in INIT_FORMULAS.items()),
+    )
     p.add_argument(
         "--sigma-w2", type=float, default=None, help="weight variance (gaussian/orthogonal)"
     )
@@ -81,19 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chunk-size",
         default=None,
-        help="seeds per compiled call, or 'auto' to fit --memory (default: all at once)",
+        help="seeds per compiled call, or 'auto' (compile candidates to fit --memory); default: "
+        "chosen from one trace of one seed (groups of ~8 GFLOP, eight a chunk, within --memory)",
     )
     p.add_argument(
-        "--memory", default=None, help="per-device budget for --chunk-size auto, e.g. 4GiB"
+        "--memory",
+        default=None,
+        help="per-device memory budget, e.g. 4GiB (default: 80%% of "
+        "an accelerator's, or half the RAM on CPU)",
     )
     p.add_argument(
         "--vmap-size",
         type=int,
         default=None,
-        help="seeds vectorised together inside a chunk (default: the whole chunk); 2-8 is "
-        "faster for deep nets on CPU, see bench/README.md",
+        help="seeds vectorised together inside a chunk (default: chosen with the chunk; with "
+        "--chunk-size, the whole chunk)",
     )
     p.add_argument("--devices", type=int, default=None, help="local devices to use (default all)")
+    p.add_argument(
+        "--precision",
+        default="highest",
+        choices=("highest", "high", "default"),
+        help="float32 matmul precision: highest = full float32 on every backend (default); "
+        "high/default trade digits for speed on GPU/TPU (TF32, bfloat16)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--out",
@@ -204,8 +222,6 @@ def cmd_sweep(args) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     chunk = _chunk_size(args.chunk_size)
-    if args.memory is not None and chunk is None:
-        chunk = "auto"  # a budget alone means: size the chunks to it
     x, y, source = load_batch(args, args.widths[0], args.widths[-1])
     print(f"data: {source}")
     print(
@@ -217,7 +233,7 @@ def cmd_sweep(args) -> int:
     norms = gf.sweep(
         gf.layer_grad_norms, model, args.seeds, x, y, loss=args.loss, chunk_size=chunk,
         memory=args.memory, devices=args.devices, quiet=args.quiet, run_dir=args.out,
-        vmap_size=args.vmap_size,
+        vmap_size=args.vmap_size, precision=args.precision,
     )  # fmt: skip
     if resuming:
         print(

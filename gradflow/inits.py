@@ -13,31 +13,27 @@ import jax.numpy as jnp
 
 from gradflow import rng
 
-INITS = (
-    "nielsen",
-    "standard_normal",
-    "glorot_uniform",
-    "glorot_standard",
-    "lecun",
-    "he",
-    "orthogonal",
-    "gaussian",
-)
-"""Initialisation names. All are untruncated, so papers reproduce exactly:
+INIT_FORMULAS = {
+    "nielsen": "W ~ N(0, 1/n_in), b ~ N(0, 1) (Nielsen's network2.py default_weight_initializer)",
+    "standard_normal": "W ~ N(0, 1), b ~ N(0, 1) (network2.py's large_weight_initializer)",
+    "glorot_uniform": "W ~ U[+-sqrt(6/(n_in+n_out))], b = 0 (Glorot & Bengio 2010 Eq. 16, "
+    "'normalized'; Keras glorot_uniform)",
+    "glorot_normal": "W ~ N(0, 2/(n_in+n_out)) untruncated, b = 0 (Keras-style glorot_normal, "
+    "which truncates at 2 sd; same variance as glorot_uniform)",
+    "glorot_standard": "W ~ U[+-1/sqrt(n_in)], b = 0 (Glorot & Bengio 2010 Eq. 1: the 'standard' "
+    "heuristic they criticise, Var W = 1/(3 n_in); not Keras's glorot_*)",
+    "lecun": "W ~ N(0, 1/n_in), b = 0 (LeCun et al. 1998)",
+    "he": "W ~ N(0, 2/n_in), b = 0 (He et al. 2015)",
+    "orthogonal": "W = sqrt(sigma_w2) Q, Q Haar (semi-)orthogonal (W^T W = sigma_w2 I when n_in >= "
+    "n_out), b ~ N(0, sigma_b2) (Saxe et al. 2014; Pennington et al. 2017)",
+    "gaussian": "W ~ N(0, sigma_w2/n_in), b ~ N(0, sigma_b2) (mean-field convention of Poole "
+    "et al. 2016 and Schoenholz et al. 2017; neural-tangents' W_std**2 is sigma_w2)",
+}
+"""Every initialisation and its formula (the ``--init`` help prints this table). All are
+untruncated, so papers reproduce exactly; sigma_w2/sigma_b2 default to 1 and 0."""
 
-- ``nielsen``: W ~ N(0, 1/n_in), b ~ N(0, 1) (network2.py's default_weight_initializer).
-- ``standard_normal``: W ~ N(0, 1), b ~ N(0, 1) (network2.py's large_weight_initializer).
-- ``glorot_uniform``: W ~ U[-sqrt(6/(n_in+n_out)), +sqrt(6/(n_in+n_out))], b = 0 (Glorot & Bengio
-  2010, Eq. 16, "normalized").
-- ``glorot_standard``: W ~ U[-1/sqrt(n_in), +1/sqrt(n_in)], b = 0 (Glorot & Bengio 2010, Eq. 1).
-- ``lecun``: W ~ N(0, 1/n_in), b = 0.
-- ``he``: W ~ N(0, 2/n_in), b = 0 (He et al. 2015).
-- ``gaussian``: W ~ N(0, sigma_w2/n_in), b ~ N(0, sigma_b2) (the mean-field convention of Poole et
-  al. 2016 and Schoenholz et al. 2017; neural-tangents' ``W_std**2`` is our ``sigma_w2``).
-- ``orthogonal``: W = sqrt(sigma_w2) Q with Q Haar-distributed (semi-)orthogonal, so W^T W =
-  sigma_w2 I when n_in >= n_out (W W^T = sigma_w2 I otherwise), b ~ N(0, sigma_b2)
-  (Saxe et al. 2014; Pennington et al. 2017).
-"""
+INITS = tuple(INIT_FORMULAS)
+"""Initialisation names; formulas in :data:`INIT_FORMULAS`."""
 
 _SIGMA_INITS = ("gaussian", "orthogonal")
 
@@ -95,7 +91,8 @@ def init_dense(
     *,
     transposed: bool = False,
 ) -> dict[str, jax.Array]:
-    """Draw one dense layer ``{"w": (n_in, n_out), "b": (n_out,)}`` with the named init.
+    """Draw one dense layer ``{"w": (n_in, n_out), "b": (n_out,)}`` with the named init
+    (formulas: :data:`INIT_FORMULAS`).
 
     ``sigma_w2`` and ``sigma_b2`` are used by ``gaussian`` and ``orthogonal`` only; they may be
     traced arrays, so a grid of them is one compiled function (no recompilation per value).
@@ -116,6 +113,9 @@ def init_dense(
         b = rng.normal(kb, (n_out,), dtype)
     elif init == "glorot_uniform":
         w = uniform(math.sqrt(6.0 / (n_in + n_out)))
+        b = jnp.zeros((n_out,), dtype)
+    elif init == "glorot_normal":
+        w = normal() * math.sqrt(2.0 / (n_in + n_out))
         b = jnp.zeros((n_out,), dtype)
     elif init == "glorot_standard":
         w = uniform(1.0 / math.sqrt(n_in))

@@ -67,3 +67,17 @@ def test_a_billion_seeds_is_refused_before_drawing_keys(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "the results of 1,000,000,000 seeds" in err and "GiB of host memory" in err
     assert "run fewer seeds per call" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sweep_help_states_every_init_formula(capsys):
+    import pytest as _pytest
+
+    from gradflow import cli
+    from gradflow.inits import INITS
+
+    with _pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in INITS:
+        assert f"{name}: W" in text, name
+    assert "glorot_standard: W ~ U[+-1/sqrt(n_in)]" in text and "Keras" in text

@@ -38,6 +38,7 @@ def _spec(init, n_in, n_out):
         "nielsen": (1 / n_in, gauss, 1.0, gauss),
         "standard_normal": (1.0, gauss, 1.0, gauss),
         "glorot_uniform": (glorot_u / 3, unif, 0.0, None),
+        "glorot_normal": (glorot_u / 3, gauss, 0.0, None),
         "glorot_standard": (1 / (3 * n_in), unif, 0.0, None),
         "lecun": (1 / n_in, gauss, 0.0, None),
         "he": (2 / n_in, gauss, 0.0, None),
