@@ -164,9 +164,9 @@ def load(
         if directory is not None:
             directory = pathlib.Path(directory)
             if not directory.is_dir():
+                what = "is a file, not a folder" if directory.exists() else "does not exist"
                 raise ValueError(
-                    f"data directory {str(directory)!r} does not exist; "
-                    f"fix --data-dir or ${DATA_ENV}"
+                    f"data directory {str(directory)!r} {what}; fix --data-dir or ${DATA_ENV}"
                 )
             found = _load_mnist_dir(directory)
             if found is not None:
