@@ -24,70 +24,16 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradflow import activations
-from gradflow.losses import get_loss
+from gradflow.curvature import hessian_vector_product, lanczos_extremes
+from gradflow.losses import get_loss, prior_loss
 from gradflow.models import Model
 from gradflow.probes import backward, norms_from_backward, validate
+from gradflow.report import Report, SweepReport, Thresholds, report  # noqa: F401  (re-exported)
 
 SATURATION = 0.01  # a unit is saturated when phi'(z) < SATURATION * max phi'
-
-
-def hessian_vector_product(loss_fn, params):
-    """``v -> H v`` for the Hessian of ``loss_fn`` at ``params`` (forward-over-reverse).
-
-    Args:
-      loss_fn: scalar function of a parameter pytree.
-      params: where the Hessian is taken.
-    Returns: a function of a flat vector of size ``n_params`` returning a flat vector.
-    """
-    flat, unravel = ravel_pytree(params)
-    grad = jax.grad(lambda f: loss_fn(unravel(f)))
-    return lambda v: jax.jvp(grad, (flat,), (v,))[1]
-
-
-def lanczos_extremes(
-    matvec, n: int, key: jax.Array, iterations: int = 40, dtype=jnp.float32
-) -> jax.Array:
-    """Ritz values of a symmetric operator from Lanczos with full reorthogonalisation.
-
-    The extreme Ritz values converge to the extreme eigenvalues first (Kaniel-Paige); with
-    ``iterations >= n`` they are all the eigenvalues (up to rounding).
-
-    Args:
-      matvec: ``v -> A v`` on vectors of shape (n,), A symmetric.
-      n: the dimension. key: for the random start vector.
-      iterations: Krylov dimension k (clipped to n).
-    Returns: the k Ritz values, ascending, shape (k,).
-
-    References: Golub & Van Loan, *Matrix Computations*, 4th ed., Sec. 10.1.
-    """
-    k = min(int(iterations), n)
-    if k < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    v0 = jax.random.normal(key, (n,), dtype)
-    v0 = v0 / jnp.linalg.norm(v0)
-
-    def step(carry, i):
-        basis, alphas, betas = carry
-        v = basis[i]
-        w = matvec(v)
-        alpha = jnp.vdot(w, v)
-        # Full reorthogonalisation (twice is enough, Kahan-Parlett) keeps the Ritz values clean.
-        w = w - basis.T @ (basis @ w)
-        w = w - basis.T @ (basis @ w)
-        beta = jnp.linalg.norm(w)
-        nxt = jnp.where(beta > 0, w / jnp.where(beta > 0, beta, 1), 0.0)
-        basis = basis.at[i + 1].set(jnp.where(i + 1 < k, nxt, basis[i + 1]))
-        return (basis, alphas.at[i].set(alpha), betas.at[i].set(beta)), None
-
-    basis = jnp.zeros((k + 1, n), dtype).at[0].set(v0)
-    init = (basis, jnp.zeros((k,), dtype), jnp.zeros((k,), dtype))
-    (_, alphas, betas), _ = jax.lax.scan(step, init, jnp.arange(k))
-    tridiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    return jnp.linalg.eigvalsh(tridiagonal)
 
 
 class Diagnosis(NamedTuple):
@@ -105,6 +51,8 @@ class Diagnosis(NamedTuple):
         (sigmoid, tanh, erf, softplus; 0 for other activations).
       hessian_min, hessian_max: extreme eigenvalues of the loss Hessian (Lanczos estimates).
       loss: the batch loss.
+      prior_loss: the loss of the best constant prediction (the class frequencies; the mean
+        target for mse): a loss here means nothing was learned from the inputs.
     """
 
     weight_grads: jax.Array
@@ -117,6 +65,7 @@ class Diagnosis(NamedTuple):
     hessian_min: jax.Array
     hessian_max: jax.Array
     loss: jax.Array
+    prior_loss: jax.Array
 
 
 def diagnose(
@@ -191,52 +140,10 @@ def diagnose(
         hessian_min=h_min,
         hessian_max=h_max,
         loss=norms.loss[0],
+        prior_loss=prior_loss(loss, jax.eval_shape(model.apply, params, x), y).astype(dtype),
     )
 
 
-def verdict(d: Diagnosis, *, vanishing_ratio: float = 0.1, critical_grad: float = 1e-4) -> str:
-    """Words for a :class:`Diagnosis` of one network (numpy or jax scalars).
-
-    Args:
-      vanishing_ratio: ``||dC/dW^1|| / ||dC/dW^L||`` below this is vanishing, above its
-        inverse exploding.
-      critical_grad: a whole-gradient norm below this is "near a critical point".
-    """
-    lines = []
-    ratio = float(d.ratio_first_last)
-    if float(d.grad_norm) == 0:
-        lines.append("the whole gradient is exactly zero (not a vanishing gradient)")
-    elif not np.isfinite(ratio):
-        lines.append("non-finite gradient: the network overflowed (exploding activations)")
-    elif ratio < vanishing_ratio:
-        lines.append(f"VANISHING: layer 1's weight gradient is {1 / ratio:.3g}x smaller than the "
-                     "last layer's")  # fmt: skip
-    elif ratio > 1 / vanishing_ratio:
-        lines.append(f"EXPLODING: layer 1's weight gradient is {ratio:.3g}x larger than the last "
-                     "layer's")  # fmt: skip
-    else:
-        lines.append(f"balanced: ||dC/dW^1|| / ||dC/dW^L|| = {ratio:.3g}")
-    dead = np.asarray(d.dead_fraction)
-    if dead.max() > 0:
-        lines.append(f"dead units (zero gradient for every example): up to {dead.max():.1%} of a "
-                     f"layer (layer {int(dead.argmax()) + 1})")  # fmt: skip
-    zero = np.asarray(d.zero_fraction)
-    if zero.max() > 0:
-        lines.append(f"exact zeros in dC_x/dz^l: up to {zero.max():.1%} (inactive units)")
-    under = np.asarray(d.underflow_fraction)
-    if under.max() > 0:
-        lines.append(f"float underflow: {under.max():.1%} of nonzero hidden-unit gradients are "
-                     "subnormal")  # fmt: skip
-    sat = np.asarray(d.saturated_fraction)
-    if sat.max() > 0.05:
-        lines.append(f"saturation: up to {sat.max():.1%} of units have phi' < 1% of its maximum "
-                     f"(layer {int(sat.argmax()) + 1})")  # fmt: skip
-    g = float(d.grad_norm)
-    h_min, h_max = float(d.hessian_min), float(d.hessian_max)
-    curvature = f"Hessian eigenvalues in [{h_min:.3g}, {h_max:.3g}]" if np.isfinite(h_min) else ""
-    if g < critical_grad:
-        kind = "a SADDLE point" if h_min < -1e-3 * abs(h_max) else "a MINIMUM (or flat region)"
-        lines.append(f"near a critical point (||grad|| = {g:.3g}): {kind}; {curvature}")
-    else:
-        lines.append(f"not a critical point: ||grad|| = {g:.3g}. {curvature}".rstrip(". "))
-    return "\n".join(lines)
+def verdict(d: Diagnosis, losses=None, thresholds: Thresholds | None = None) -> str:
+    """The text of :func:`gradflow.report.report`: kinds, numbers and fixes, one per line."""
+    return report(d, losses, thresholds).text

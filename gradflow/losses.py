@@ -102,3 +102,27 @@ def check_targets(loss: str, output_shape: tuple[int, ...], y, name: str = "y") 
         f"{name} must be integer labels of shape ({batch},) or targets of shape ({batch}, {n_out})"
         f" for loss {loss!r}, got shape {shape} and dtype {getattr(y, 'dtype', type(y))}"
     )
+
+
+def prior_loss(name: str, output: jax.Array, target: jax.Array) -> jax.Array:
+    """The batch loss of the best constant prediction: the loss of "predicting the label
+    frequencies" (cross-entropies: the entropy of the empirical class distribution p) or the
+    mean target (mse). A classifier stalled at this loss has learned nothing from its inputs.
+
+    Args:
+      name: loss name. output: the model's output (batch, ..., n_out), for its shape and dtype.
+      target: labels or targets as the loss takes them.
+    Returns: a scalar.
+    """
+    loss_fn = get_loss(name)
+    t = _targets_like(output, target)
+    p = jnp.mean(t.reshape(-1, t.shape[-1]), axis=0)  # class frequencies / mean target
+    eps = jnp.finfo(output.dtype).eps
+    if name == "mse":
+        best = p
+    elif name == "xent":  # softmax(log p) = p; absent classes never weigh in (t = 0 there)
+        best = jnp.log(jnp.maximum(p, jnp.finfo(output.dtype).tiny))
+    else:  # sigmoid_xent: sigmoid(logit p) = p per output
+        q = jnp.clip(p, eps, 1 - eps)
+        best = jnp.log(q) - jnp.log1p(-q)
+    return jnp.mean(loss_fn(jnp.broadcast_to(best, t.shape), t))

@@ -96,12 +96,12 @@ def test_dead_relu_units_and_saturated_tanh_units():
     params[0]["b"] = params[0]["b"].at[:4].set(-100.0)  # half of layer 1 is off for every input
     x, y = _data(10, 4)
     d = diagnose(model, params, x, y, hessian_iterations=0)
-    assert float(d.dead_fraction[0]) == 0.5 and "dead units" in verdict(d)
+    assert float(d.dead_fraction[0]) == 0.5 and "DEAD UNITS" in verdict(d)
     assert np.isnan(float(d.hessian_min))
 
     big = gf.mlp([64, 64, 64, 4], "tanh", "standard_normal")  # pre-activations of std ~ 8
     d = diagnose(big, big.init(jax.random.key(1)), *_data(64, 4), hessian_iterations=0)
-    assert float(d.saturated_fraction[1]) > 0.5 and "saturation" in verdict(d)
+    assert float(d.saturated_fraction[1]) > 0.5 and "SATURATED" in verdict(d)
 
 
 def test_sweep_over_seeds_and_bad_input():
