@@ -280,6 +280,12 @@ SEED_CASES = {
 }
 
 
+def _values(model, params, case, k, name):
+    if case.startswith("mlp"):
+        return np.asarray(mlp_layers(model, params)[k][name], np.float64)
+    return np.asarray(params[0][k], np.float64)
+
+
 @pytest.mark.parametrize("case", list(SEED_CASES))
 def test_fixed_key_draws_equal_the_recorded_ones(case):
     recorded = json.loads(
@@ -293,7 +299,22 @@ def test_fixed_key_draws_equal_the_recorded_ones(case):
         cell, out = params
         got = {**{k: _digest(v) for k, v in cell.items()}}
         got.update(w_out=_digest(out["w"]), b_out=_digest(out["b"]))
-    assert got == recorded  # bit for bit
+    # Bit for bit, except the orthogonal matrices: their Gaussian draws are seed-identical but
+    # LAPACK's QR (jaxlib calls scipy's OpenBLAS) rounds differently across builds, so those
+    # are recorded by value and compared to 1e-5 (float32 QR rounding is ~1e-7 here).
+    flat_got = got if isinstance(got, dict) else dict(enumerate(got))
+    flat_rec = recorded if isinstance(recorded, dict) else dict(enumerate(recorded))
+    assert flat_got.keys() == flat_rec.keys()
+    for k, entry in flat_rec.items():
+        g, r = flat_got[k], entry
+        pairs = [(g, r, "")] if case in ("rnn", "lstm") else [(g[n], r[n], n) for n in r]
+        for g1, r1, name in pairs:
+            if isinstance(r1, dict):  # by value
+                values = _values(model, params, case, k, name)
+                assert list(values.shape) == r1["shape"]
+                np.testing.assert_allclose(values.ravel(), r1["values"], atol=1e-5)
+            else:
+                assert g1 == r1, f"{case} {k} {name} changed"
 
 
 # --------------------------------------------------------------------------------------------
