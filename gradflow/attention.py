@@ -56,12 +56,14 @@ def attention(
     causal: bool = False,
     init: str = "lecun",
     sigma_w2: float | None = None,
+    logit_scale: float | None = None,
     name: str | None = None,
 ) -> Layer:
     """Multi-head self-attention on (batch, seq, d), without biases.
 
     With ``H = n_heads`` heads of size ``d_h = d / H``: ``Q = x W_q``, ``K = x W_k``, ``V = x W_v``
-    split into heads, ``A_h = softmax(Q_h K_h^T / sqrt(d_h) + M)`` over keys, and
+    split into heads, ``A_h = softmax(s Q_h K_h^T + M)`` over keys (``s = 1/sqrt(d_h)`` unless
+    ``logit_scale`` says otherwise), and
     ``y = concat_h(A_h V_h) W_o``. ``M`` is 0, or for ``causal=True`` ``-inf`` above the
     diagonal (position t attends to positions <= t only).
 
@@ -72,6 +74,9 @@ def attention(
         matrices); or ``"gaussian"``: N(0, sigma_w2/d), with a traced ``hyper["sigma_w2"]``
         taking precedence (grid sweeps).
       sigma_w2: the weight variance for ``init="gaussian"`` (default 1).
+      logit_scale: the factor s on ``Q_h K_h^T`` (default None: ``1/sqrt(d_h)``). muP scales the
+        logits as ``1/d_h`` instead (:mod:`gradflow.mup`): keys and queries become correlated
+        during training, so their dot product grows like d_h, not sqrt(d_h).
       name: the layer's name in its serial.
 
     Params: ``{"wq", "wk", "wv", "wo"}``, each (d, d), drawn as one ``jax.random.normal`` array
@@ -90,6 +95,10 @@ def attention(
         raise ValueError(f"attention init must be one of {ATTENTION_INITS}, got {init!r}")
     sw2, _ = inits.check_sigmas(init, sigma_w2, None)
     causal = bool(causal)
+    if logit_scale is not None:
+        logit_scale = float(logit_scale)
+        if not (math.isfinite(logit_scale) and logit_scale > 0):
+            raise ValueError(f"logit_scale must be a finite float > 0 (or None), got {logit_scale}")
 
     def init_fn(key, in_shape, hyper):
         _, d = _check_sequence("attention", in_shape, n_heads)
@@ -107,7 +116,9 @@ def attention(
             return jnp.einsum("bti,io->bto", x, w).reshape(batch, seq, n_heads, d_h)
 
         q, k, v = heads(params["wq"]), heads(params["wk"]), heads(params["wv"])
-        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(d_h)
+        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k)
+        # The default divides (not multiplies by 1/sqrt): bit for bit what it always computed.
+        scores = scores / math.sqrt(d_h) if logit_scale is None else scores * logit_scale
         if causal:
             mask = jnp.tril(jnp.ones((seq, seq), bool))[None, None]
             scores = jnp.where(mask, scores, -jnp.inf)
@@ -119,6 +130,8 @@ def attention(
         return _check_sequence("attention", in_shape, n_heads)
 
     spec = ("attention", n_heads, causal, init, sw2)
+    if logit_scale is not None:  # the default's spec (and so model identity) is unchanged
+        spec += (("logit_scale", logit_scale),)
     return Layer("attention", init_fn, apply, out_shape, spec, name, True, None)
 
 

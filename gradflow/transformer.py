@@ -24,6 +24,7 @@ References: Vaswani et al. 2017 (arXiv:1706.03762); Xiong et al. 2020 (arXiv:200
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from gradflow import activations
 from gradflow import layers as gl
@@ -53,9 +54,13 @@ class TransformerConfig:
     activation: str = "relu"
     readout: str = "mean"
     scan: bool | int | str = "auto"
+    attn_scale: float | None = None
 
     def to_dict(self) -> dict:
-        return {"kind": "transformer", **dataclasses.asdict(self)}
+        d = {"kind": "transformer", **dataclasses.asdict(self)}
+        if d["attn_scale"] is None:  # the default: descriptions (run dirs) stay as they were
+            del d["attn_scale"]
+        return d
 
 
 def transformer(
@@ -73,6 +78,7 @@ def transformer(
     activation: str = "relu",
     readout: str = "mean",
     scan: bool | int | str = "auto",
+    attn_scale: float | None = None,
 ) -> Model:
     """A transformer encoder with a classification/regression readout.
 
@@ -87,6 +93,8 @@ def transformer(
       causal: causal attention masks. ffn_mult: FFN hidden width / d.
       activation: the FFN nonlinearity, a key of :data:`gradflow.ACTIVATIONS`.
       readout: ``"mean"`` over positions or the ``"last"`` position, then ``dense(n_out)``.
+      attn_scale: the attention-logit factor s in ``softmax(s Q_h K_h^T)`` (default None:
+        ``1/sqrt(d_h)``, d_h = width / heads); muP uses ``sqrt(d_h0) / d_h`` (:mod:`gradflow.mup`).
 
     Returns:
       A :class:`gradflow.Model`. Parameter groups (``layer_grad_norms(...).names``):
@@ -115,7 +123,7 @@ def transformer(
         heads=_positive("heads", heads), seq_len=_positive("seq_len", seq_len),
         n_out=_positive("n_out", n_out), vocab=vocab, n_in=n_in, norm=norm, causal=bool(causal),
         ffn_mult=_positive("ffn_mult", ffn_mult), activation=activation, readout=readout,
-        scan=scan,
+        scan=scan, attn_scale=None if attn_scale is None else float(attn_scale),
     )  # fmt: skip
     _check(config)
     return transformer_from_config(config)
@@ -149,6 +157,8 @@ def _check(c: TransformerConfig) -> None:
     if c.activation not in activations.ACTIVATIONS:
         names = ", ".join(activations.ACTIVATIONS)
         raise ValueError(f"unknown activation {c.activation!r}; choose one of: {names}")
+    if c.attn_scale is not None and not (math.isfinite(c.attn_scale) and c.attn_scale > 0):
+        raise ValueError(f"attn_scale must be a finite float > 0 (or None), got {c.attn_scale}")
 
 
 def _ffn(c: TransformerConfig) -> list[Layer]:
@@ -161,7 +171,7 @@ def _ffn(c: TransformerConfig) -> list[Layer]:
 
 def _block(c: TransformerConfig, index: int) -> Layer:
     """Block ``index`` (1-based); all blocks share one spec, so ``serial`` scans them."""
-    mha = attention(c.heads, causal=c.causal, name="mha")
+    mha = attention(c.heads, causal=c.causal, logit_scale=c.attn_scale, name="mha")
     if c.norm == "pre":
         attn = gl.residual(gl.serial(layer_norm(name="ln"), mha), name="attn")
         ffn = gl.residual(gl.serial(layer_norm(name="ln"), *_ffn(c)), name="ffn")
