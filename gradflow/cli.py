@@ -1,4 +1,4 @@
-"""The ``gradflow`` command line: ``gradflow sweep``, ``gradflow theory`` and ``gradflow demo``.
+"""The ``gradflow`` command line: ``sweep``, ``train``, ``diagnose``, ``theory`` and ``demo``.
 
 Bad input is a one-line error naming the problem and the fix, exit code 2, no traceback.
 """
@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+from gradflow import cli_runs
 from gradflow.inits import INIT_FORMULAS
 
 USAGE_ERROR = 2
@@ -53,6 +54,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--residual", action="store_true", help="residual hidden layers of equal width")
     p.add_argument("--loss", default="sigmoid_xent", help="mse, xent or sigmoid_xent (default)")
+    cli_runs.model_arg(p)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -77,14 +79,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gradflow", description="Measure vanishing and exploding gradients.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("sweep", help="per-layer gradient norms over many random seeds")
-    _add_model_args(p)
-    _add_data_args(p)
-    p.add_argument("--seeds", type=int, default=100, help="number of seeds (default 100)")
+def _add_sweep_args(p: argparse.ArgumentParser, seeds: int = 100) -> None:
+    p.add_argument("--seeds", type=int, default=seeds, help=f"number of seeds (default {seeds})")
     p.add_argument(
         "--chunk-size",
         default=None,
@@ -120,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
         "re-running the same command resumes",
     )
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gradflow", description="Measure vanishing and exploding gradients.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("sweep", help="per-layer gradient norms over many random seeds")
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_sweep_args(p)
+
+    cli_runs.add_parsers(sub, _add_model_args, _add_data_args, _add_sweep_args)
     _add_theory_parser(sub)
 
     p = sub.add_parser("demo", help="the vanishing-gradient story on real MNIST digits")
@@ -141,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sweep(args)
         if args.command == "theory":
             return cmd_theory(args)
+        if args.command == "train":
+            return cli_runs.cmd_train(args, load_batch, _chunk_size(args.chunk_size))
+        if args.command == "diagnose":
+            return cli_runs.cmd_diagnose(args, load_batch, _chunk_size(args.chunk_size))
         if args.command == "demo":
             from gradflow import io
             from gradflow.demo import run_demo
@@ -210,24 +221,12 @@ def cmd_sweep(args) -> int:
 
     if args.out:
         gf.io.check_output_dir(args.out, "--out")
-    model = gf.mlp(
-        args.widths,
-        args.activation,
-        args.init,
-        sigma_w2=args.sigma_w2,
-        sigma_b2=args.sigma_b2,
-        residual=args.residual,
-    )
     gf.losses.get_loss(args.loss)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     chunk = _chunk_size(args.chunk_size)
-    x, y, source = load_batch(args, args.widths[0], args.widths[-1])
-    print(f"data: {source}")
-    print(
-        f"model: widths {list(args.widths)}, {args.activation}, init {args.init}, "
-        f"loss {args.loss}; {args.seeds} seeds"
-    )
+    model, x, y, desc = cli_runs.build_model(args, load_batch)
+    print(f"model: {desc}; loss {args.loss}; {args.seeds} seeds")
     resuming = bool(args.out) and (pathlib.Path(args.out) / "run.json").exists()
     # --out is also the run directory: a matching run resumes, a different one is refused
     norms = gf.sweep(
@@ -248,8 +247,8 @@ def cmd_sweep(args) -> int:
             {
                 "command": "sweep",
                 **vars(args),
-                "model": model.config.to_dict(),
-                "data_source": source,
+                "model": model.describe(),
+                "description": desc,
             },
         )
         print(f"wrote {out / 'results.npz'} and {out / 'config.json'}")

@@ -1,28 +1,42 @@
-"""Training with the probes switched on: how per-layer gradient norms evolve during training.
+"""Training any model with the probes switched on: per-layer gradient norms recorded on device.
 
-One function, :func:`train_trajectory`, for one seed: ``steps`` full-batch gradient-descent
-steps run in a ``lax.scan``, recording :func:`gradflow.layer_grad_norms` *before* each step and
-once after the last, so record 0 is the initialisation. It takes ``(model, params, x, y, ...)``
-like every probe, so ``gradflow.sweep`` runs it for thousands of seeds, and the learning rate
-may be a traced value (``sweep(..., hyper={"learning_rate": 0.1})`` or a grid).
+:func:`train` runs ``steps`` optimizer steps of any :class:`gradflow.Model` in one jitted
+program: an outer ``lax.scan`` over records and an inner ``lax.scan`` over the ``record_every``
+steps between them, so nothing leaves the device until the end. A recording step takes its update
+from the same backward pass that gives the probes (:func:`gradflow.probes.norms_from_backward`),
+so recording every step costs the norms' reductions and nothing more (``bench/train_bench.py``).
+It takes ``(model, params, x, y, ...)`` like every probe, so ``gradflow.sweep`` trains thousands
+of seeds at once, with ``learning_rate``/``weight_decay`` (and ``sigma_w2``) traced.
 
-The update is optax's: ``add_decayed_weights`` (weights only, never biases) then ``sgd``, i.e.
-``W <- W - lr (dC/dW + weight_decay W)`` and ``b <- b - lr dC/db``. Nielsen's network2.py
-regularised update ``W <- (1 - lr lmbda / n) W - lr dC/dW`` is ``weight_decay = lmbda / n``.
+Mini-batches: epoch e visits the examples in the order ``jax.random.permutation(fold_in(key,
+e), n)``, ``n // batch_size`` batches per epoch (the last ``n % batch_size`` of each permutation
+are skipped, a different few each epoch), so the batches are a function of ``key`` alone.
 
-References: Nielsen 2015, ch. 5, ``fig/generate_gradient.py`` (500 epochs of full-batch GD on
-1,000 images, lr 0.1, lmbda 5.0, norms recorded before each epoch).
+References: Nielsen 2015, ch. 3 (network2.py, L2 regularisation) and ch. 5
+(``fig/generate_gradient.py``: norms recorded along full-batch gradient descent).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
+from gradflow import taps
 from gradflow.losses import get_loss
 from gradflow.models import Model
-from gradflow.probes import LayerGradNorms, _is_bias, layer_grad_norms, validate
+from gradflow.probes import LayerGradNorms, _is_bias, norms_from_backward, validate
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "network2")
+"""Optimizer names :func:`make_optimizer` knows (see there for each one's update)."""
+
+MOMENTUM = 0.9
+"""The momentum coefficient of ``"momentum"`` (pass an optax transformation for another)."""
 
 
 def _weights_mask(params):
@@ -30,19 +44,349 @@ def _weights_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: not _is_bias(path), params)
 
 
+def _check_weight_decay(weight_decay) -> None:
+    if isinstance(weight_decay, (int, float)) and weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+
 def gd_optimizer(learning_rate, weight_decay: float = 0.0) -> optax.GradientTransformation:
     """Plain gradient descent with L2 weight decay on the weights only (Nielsen's network2.py).
 
+    ``W <- W - lr (dC/dW + c W) = (1 - lr c) W - lr dC/dW`` and ``b <- b - lr dC/db``.
+
     Args:
       learning_rate: a float or a traced scalar.
-      weight_decay: the coefficient c in ``W <- W - lr (g + c W)``; Nielsen's ``lmbda / n``.
+      weight_decay: the coefficient c; Nielsen's ``lmbda / n`` (n: training-set size).
     """
-    if isinstance(weight_decay, (int, float)) and weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    _check_weight_decay(weight_decay)
     return optax.chain(
         optax.add_decayed_weights(weight_decay, mask=_weights_mask),
         optax.sgd(learning_rate),
     )
+
+
+def make_optimizer(name: str, learning_rate, weight_decay=0.0) -> optax.GradientTransformation:
+    """A named optimizer as an optax chain; ``weight_decay`` never touches biases.
+
+    Names (g: the gradient, c: ``weight_decay`` on weights, 0 on biases, lr: ``learning_rate``):
+      ``"sgd"``, ``"network2"``: ``W <- W - lr (g + c W)`` (:func:`gd_optimizer`); ``"network2"``
+        names Nielsen's update ``W <- (1 - lr lmbda/n) W - lr g``: pass ``c = lmbda / n``.
+      ``"momentum"``: heavy ball, ``v <- 0.9 v + g + c W``, ``W <- W - lr v``.
+      ``"adam"``: Adam on ``g + c W`` (coupled L2, as torch.optim.Adam's weight_decay).
+      ``"adamw"``: ``optax.adamw``: Adam on g, plus the decoupled ``- lr c W``.
+
+    Args:
+      name: one of :data:`OPTIMIZERS`.
+      learning_rate, weight_decay: floats or traced scalars (sweep ``hyper``/``grid`` values).
+
+    References: Kingma & Ba 2014 (arXiv:1412.6980); Loshchilov & Hutter 2017 (arXiv:1711.05101).
+    """
+    _check_weight_decay(weight_decay)
+    decay = optax.add_decayed_weights(weight_decay, mask=_weights_mask)
+    if name in ("sgd", "network2"):
+        return gd_optimizer(learning_rate, weight_decay)
+    if name == "momentum":
+        return optax.chain(decay, optax.sgd(learning_rate, momentum=MOMENTUM))
+    if name == "adam":
+        return optax.chain(decay, optax.adam(learning_rate))
+    if name == "adamw":
+        return optax.adamw(learning_rate, weight_decay=weight_decay, mask=_weights_mask)
+    raise ValueError(
+        f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}, or pass an "
+        "optax.GradientTransformation"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """What :func:`train` records; R = steps / record_every + 1 records, L layers.
+
+    Record r is taken at the parameters after ``step[r] = r * record_every`` steps (record 0: the
+    initialisation), on the batch step ``step[r]`` trains on (the full data without
+    ``batch_size``), from the backward pass that step's update uses.
+
+    Attributes:
+      step: (R,) the number of steps taken before each record.
+      loss: (R,) the batch loss there.
+      accuracy: (R,) the batch accuracy ``mean(argmax(out) == label)`` where the targets are
+        classes (integer labels, or one-hot/probability targets with ``xent``/``sigmoid_xent``)
+        and the model has >= 2 outputs; NaN otherwise.
+      norms: :class:`gradflow.LayerGradNorms` with fields of shape (R, L) and (R, T).
+      update_ratio: (R, L) ``||Delta W^l|| / ||W^l||`` (weights only) of the step taken from
+        each record: the optimizer's actual relative step (``norms.update_ratio`` is
+        ``||dC/dW^l|| / ||W^l||``, a unit-rate SGD step); NaN at the last record (no step).
+      eval_loss, eval_accuracy: (R,) the same on ``(eval_x, eval_y)`` (NaN without them).
+    """
+
+    step: jax.Array
+    loss: jax.Array
+    accuracy: jax.Array
+    norms: LayerGradNorms
+    update_ratio: jax.Array
+    eval_loss: jax.Array
+    eval_accuracy: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """:func:`train`'s result: final ``params`` and optimizer state ``opt_state``, and the
+    :class:`Trajectory` (None when ``record_every=0``)."""
+
+    params: object
+    opt_state: object
+    trajectory: Trajectory | None
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def train(
+    model: Model,
+    params,
+    x: jax.Array,
+    y: jax.Array,
+    loss: str = "mse",
+    *,
+    steps: int,
+    optimizer: str | optax.GradientTransformation | Callable = "sgd",
+    learning_rate=None,
+    weight_decay=None,
+    batch_size: int | None = None,
+    key: jax.Array | int | None = None,
+    record_every: int = 1,
+    eval_x: jax.Array | None = None,
+    eval_y: jax.Array | None = None,
+) -> TrainResult:
+    """Train ``params`` for ``steps`` steps, recording per-layer probes every ``record_every``.
+
+    Args:
+      model: any :class:`gradflow.Model`. params: its initial parameters (one seed).
+      x: training inputs (n, ...). y: labels (n,) or targets (n, n_out).
+      loss: loss name (as in :func:`gradflow.layer_grad_norms`).
+      steps: optimizer steps (static, >= 0).
+      optimizer: a name in :data:`OPTIMIZERS` (see :func:`make_optimizer`), an
+        ``optax.GradientTransformation`` (it carries its own rates), or a function
+        ``(learning_rate, weight_decay) -> GradientTransformation``.
+      learning_rate: default 0.1; weight_decay: default 0. Floats or traced scalars (under
+        ``gf.sweep``: ``hyper={"learning_rate": ...}`` or a ``grid_sweep`` axis). Not with a
+        GradientTransformation.
+      batch_size: examples per step; None: the full batch every step.
+      key: the mini-batch order (a typed key or an int seed); needed with ``batch_size``.
+        Under ``gf.sweep`` an int gives every seed the same batches; a key in ``hyper`` too.
+      record_every: record every k-th step (k must divide ``steps``); 0: record nothing.
+      eval_x, eval_y: held-out data, its loss/accuracy recorded (one forward pass a record);
+        under ``gf.sweep`` pass them in ``hyper``.
+
+    Returns:
+      :class:`TrainResult` (final params and optimizer state, the :class:`Trajectory`).
+    """
+    rates = _rates(optimizer, learning_rate, weight_decay)
+    _check_int("steps", steps, 0)
+    _check_int("record_every", record_every, 0)
+    if record_every and steps % record_every:
+        raise ValueError(
+            f"record_every={record_every} must divide steps={steps}; pick a divisor or round steps"
+        )
+    validate(model, x, y, loss)
+    n = x.shape[0]
+    if batch_size is not None:
+        _check_int("batch_size", batch_size, 1)
+        if batch_size > n:
+            raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples")
+        if key is None:
+            raise ValueError("batch_size needs key= (a jax.random.key or an int) to draw batches")
+        key = _as_key(key)
+    if (eval_x is None) != (eval_y is None):
+        raise ValueError("give both eval_x and eval_y, or neither")
+    if eval_x is not None:
+        validate(model, eval_x, eval_y, loss)
+    evals = None if eval_x is None else (eval_x, eval_y)
+    return _train(
+        model, params, x, y, key, evals, rates, optimizer=optimizer, loss=loss, steps=steps,
+        batch_size=batch_size, record_every=record_every,
+    )  # fmt: skip
+
+
+@partial(
+    jax.jit,
+    static_argnames=("model", "optimizer", "loss", "steps", "batch_size", "record_every"),
+)
+def _train(
+    model, params, x, y, key, evals, rates, *, optimizer, loss, steps, batch_size, record_every
+):
+    tx = _build(optimizer, rates)  # inside the trace: the rates may be traced
+    loss_fn = get_loss(loss)
+    batch = partial(_batch, x, y, key, batch_size)
+
+    def plain_step(carry, s):
+        params, opt_state, perm = carry
+        xb, yb, perm = batch(s, perm)
+        grads = jax.grad(lambda p: jnp.mean(loss_fn(model.apply(p, xb), yb)))(params)
+        params, opt_state, _ = _update(tx, grads, opt_state, params)
+        return (params, opt_state, perm), None
+
+    perm = jnp.arange(x.shape[0])  # replaced at step 0 (i == 0): only its shape matters
+    carry = (params, tx.init(params), perm)
+    if not record_every:
+        (params, opt_state, _), _ = lax.scan(plain_step, carry, jnp.arange(steps))
+        return TrainResult(params, opt_state, None)
+
+    def probe(params, s, perm):
+        """Step s's batch, gradient and records (without the update ratio), from one pass."""
+        xb, yb, perm = batch(s, perm)
+        out, back = _tapped_backward(model, params, xb, yb, loss_fn)
+        norms = norms_from_backward(model, params, xb, back)
+        rec = (norms, _accuracy(out, yb, loss), *_evaluate(model, params, evals, loss))
+        return xb, back[1], rec, perm
+
+    def record_step(carry, s):
+        params, opt_state, perm = carry
+        xb, grads, (norms, *rec), perm = probe(params, s, perm)
+        new_params, opt_state, updates = _update(tx, grads, opt_state, params)
+        # ||Delta W^l|| by the probes' own grouping: the updates in the place of the parameters.
+        moved = norms_from_backward(model, updates, xb, (norms.loss[0], updates, {}, {}, {}, {}))
+        carry = (new_params, opt_state, perm)
+        # Traced bounds, on purpose: XLA inlines a loop it can count to one trip, and two steps
+        # in one loop body are compiled together, which changed Adam's last bits.
+        carry = lax.fori_loop(s + 1, s + record_every, lambda t, c: plain_step(c, t)[0], carry)
+        return carry, (norms, *rec, moved.weight_norms / norms.weight_norms)
+
+    starts = record_every * jnp.arange(steps // record_every)
+    (params, opt_state, perm), recs = lax.scan(record_step, carry, starts)
+    _, _, (norms, *rec), _ = probe(params, jnp.asarray(steps), perm)
+    last = (norms, *rec, jnp.full_like(norms.weight_norms, jnp.nan))
+    recs = jax.tree.map(lambda r, l: jnp.concatenate([r, l[None]]), recs, last)
+    norms, accuracy, eval_loss, eval_accuracy, update_ratio = recs
+    trajectory = Trajectory(
+        step=record_every * jnp.arange(steps // record_every + 1), loss=norms.loss[:, 0],
+        accuracy=accuracy, norms=norms, update_ratio=update_ratio,
+        eval_loss=eval_loss, eval_accuracy=eval_accuracy,
+    )  # fmt: skip
+    return TrainResult(params, opt_state, trajectory)
+
+
+def _update(tx, grads, opt_state, params):
+    """``(new params, new optimizer state, updates)``: one optimizer step, fenced off.
+
+    The barriers make the step the same arithmetic whether or not probes are recorded: without
+    them XLA fuses the update into its surroundings, which differ (a recording step also reads
+    the updates), and a fused ``p + u`` may become one fused multiply-add where the other
+    program rounds ``u`` first. Adam's final parameters then differed in the last bit.
+    """
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, updates
+
+
+def _batch(x, y, key, batch_size, s, perm):
+    """Step ``s``'s batch ``(x_b, y_b)`` and the current epoch's permutation."""
+    if batch_size is None:
+        return x, y, perm
+    n = x.shape[0]
+    per_epoch = n // batch_size
+    epoch, i = s // per_epoch, s % per_epoch
+    # A new permutation only at an epoch's first batch: one sort of n per epoch, not per step.
+    perm = lax.cond(
+        i == 0, lambda: jax.random.permutation(jax.random.fold_in(key, epoch), n), lambda: perm
+    )
+    idx = lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
+    return x[idx], y[idx], perm
+
+
+def _tapped_backward(model, params, x, y, loss_fn):
+    """``(output, back)``: :func:`gradflow.probes.backward`'s tuple ``back`` (loss, parameter
+    gradients, per-example tap gradients, ...) plus the model's output, from one pass.
+
+    The same computation as ``probes.backward``, which does not return the output (needed for
+    the accuracy); the parameter gradients equal ``jax.grad`` of the batch-mean loss.
+    """
+    specs, _ = taps.discover(model.apply, params, x)
+
+    def batch_loss(params, perturb):
+        out, values, records = taps.run_tapped(model.apply, params, x, perturb)
+        return jnp.mean(loss_fn(out, y)), (out, values, records)
+
+    zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in specs.items()}
+    (value, (out, values, records)), (g_params, g_taps) = jax.value_and_grad(
+        batch_loss, argnums=(0, 1), has_aux=True
+    )(params, zeros)
+    g_taps = {name: x.shape[0] * g for name, g in g_taps.items()}  # each example's dC_x/dh_x
+    return out, (value, g_params, g_taps, values, records, specs)
+
+
+def _accuracy(out, y, loss: str):
+    """``mean(argmax(out) == label)`` for class targets (see :class:`Trajectory`), else NaN."""
+    if out.ndim != 2 or out.shape[-1] < 2:
+        return jnp.full((), jnp.nan, out.dtype)
+    if y.ndim == 1 and jnp.issubdtype(y.dtype, jnp.integer):
+        labels = y
+    elif loss in ("xent", "sigmoid_xent") and y.shape == out.shape:
+        labels = jnp.argmax(y, axis=-1)
+    else:
+        return jnp.full((), jnp.nan, out.dtype)
+    return jnp.mean((jnp.argmax(out, axis=-1) == labels).astype(out.dtype))
+
+
+def _evaluate(model, params, evals, loss: str):
+    """(loss, accuracy) on the held-out data, or NaNs without it."""
+    if evals is None:
+        nan = jnp.full((), jnp.nan, jax.tree.leaves(params)[0].dtype)
+        return nan, nan
+    ex, ey = evals
+    out = model.apply(params, ex)
+    return jnp.mean(get_loss(loss)(out, ey)), _accuracy(out, ey, loss)
+
+
+def _rates(optimizer, learning_rate, weight_decay):
+    """Check ``optimizer`` in Python; the (learning_rate, weight_decay) to trace."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        if learning_rate is not None or weight_decay is not None:
+            raise ValueError(
+                "learning_rate/weight_decay cannot be set beside an optax.GradientTransformation "
+                "(it carries its own); pass a name or a function (lr, wd) -> transformation"
+            )
+        return None
+    if isinstance(optimizer, str):
+        make_optimizer(optimizer, 0.1)  # an unknown name fails here, before tracing
+    elif not callable(optimizer):
+        raise ValueError(
+            f"optimizer must be a name ({', '.join(OPTIMIZERS)}), an optax.GradientTransformation "
+            f"or a function (learning_rate, weight_decay) -> transformation, got {optimizer!r:.60}"
+        )
+    weight_decay = 0.0 if weight_decay is None else weight_decay
+    _check_weight_decay(weight_decay)
+    return (0.1 if learning_rate is None else learning_rate, weight_decay)
+
+
+def _build(optimizer, rates) -> optax.GradientTransformation:
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    if isinstance(optimizer, str):
+        return make_optimizer(optimizer, *rates)
+    return optimizer(*rates)
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _as_key(key):
+    if isinstance(key, int) and not isinstance(key, bool):
+        return jax.random.key(key)
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    raise ValueError(f"key must be a jax.random.key(...) or an int seed, got {key!r:.60}")
+
+
+# --------------------------------------------------------------------------------------------
+# The first API, kept
 
 
 def train_trajectory(
@@ -58,6 +402,9 @@ def train_trajectory(
 ) -> LayerGradNorms:
     """Per-layer gradient norms along ``steps`` full-batch gradient-descent steps on ``(x, y)``.
 
+    ``train(..., optimizer="network2", record_every=1).trajectory.norms``: Nielsen's
+    ``fig/generate_gradient.py`` (full-batch GD with L2 on the weights, norms before each step).
+
     Args:
       model: any :class:`gradflow.Model`. params: its initial parameters (one seed).
       x: inputs (batch, ...). y: labels (batch,) or targets shaped like the output.
@@ -70,22 +417,9 @@ def train_trajectory(
       :class:`LayerGradNorms` whose fields have shape (steps + 1, L): record t is measured at the
       parameters after t steps (record 0: the initialisation), with ``loss`` the data loss there.
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    validate(model, x, y, loss)
-    loss_fn = get_loss(loss)
-    optimizer = gd_optimizer(learning_rate, weight_decay)
-
-    def batch_loss(params):
-        return jnp.mean(loss_fn(model.apply(params, x), y))
-
-    def step(carry, _):
-        params, opt_state = carry
-        record = layer_grad_norms(model, params, x, y, loss)
-        grads = jax.grad(batch_loss)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), record
-
-    (final, _), records = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
-    last = layer_grad_norms(model, final, x, y, loss)
-    return jax.tree.map(lambda r, l: jnp.concatenate([r, l[None]]), records, last)
+    _check_int("steps", steps, 0)
+    result = train(
+        model, params, x, y, loss, steps=steps, optimizer="network2",
+        learning_rate=learning_rate, weight_decay=weight_decay,
+    )  # fmt: skip
+    return result.trajectory.norms

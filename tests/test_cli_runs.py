@@ -1,0 +1,57 @@
+"""gradflow train / diagnose end to end on small models, built-in and --model; bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from gradflow import cli, io
+
+SMALL = "--data digits --batch 64 --seeds 3 --quiet --loss xent".split()
+
+
+def test_train_writes_trajectories_and_a_figure(tmp_path, capsys):
+    out = tmp_path / "train"
+    argv = ["train", "--widths", "64,16,16,10", "--activation", "tanh", "--init", "lecun",
+            *SMALL, "--steps", "6", "--record-every", "2", "--optimizer", "adam", "--lr", "0.01",
+            "--batch-size", "16", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    arrays, meta = io.load_results(out)
+    assert arrays["loss"].shape == (3, 4) and arrays["norms.weights"].shape == (3, 4, 3)
+    assert np.all(np.isfinite(arrays["loss"])) and meta["config"]["optimizer"] == "adam"
+    assert (out / "norms.png").stat().st_size > 10_000
+    assert arrays["loss"][:, -1].mean() < arrays["loss"][:, 0].mean()  # it learns
+    assert "step   loss" in capsys.readouterr().out
+
+
+def test_diagnose_a_users_model_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "diag"
+    argv = ["diagnose", "--model", "tests.cli_models:tiny", *SMALL, "--hessian-iterations", "5",
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["seeds"]) == 3 and set(report["counts"]) <= {
+        "vanishing", "exploding", "healthy", "dead_units", "saturated", "underflow",
+        "plateau", "saddle", "minimum",
+    }  # fmt: skip
+    arrays, _ = io.load_results(out)
+    assert arrays["weight_grads"].shape == (3, 2) and np.all(np.isfinite(arrays["hessian_max"]))
+    assert "3 seeds:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "tests.cli_models:not_a_model"], "not a gradflow Model"),
+        (["--model", "no_such_module_xyz:f"], "cannot import"),
+        (["--model", "tests.cli_models"], "package.module:function"),
+        (["--steps", "5", "--record-every", "2"], "divide --steps"),
+        (["--batch-size", "65"], "--batch-size must be in 1..64"),
+    ],
+)
+def test_bad_train_input_is_one_line_and_exit_2(extra, message, capsys, tmp_path):
+    argv = ["train", "--widths", "64,16,10", *SMALL, "--out", str(tmp_path / "x"), *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "x").exists()
