@@ -81,7 +81,7 @@ def fingerprint(fn) -> str:
             h.update(inspect.getsource(f).encode())
         except (OSError, TypeError):
             h.update(f.__code__.co_code)
-        for name in _names(f.__code__):
+        for name in sorted(_names(f.__code__)):  # a set: sorted, or the hash varies per run
             g = getattr(module, name, None)
             if isinstance(g, types.FunctionType) and g.__module__ == fn.__module__:
                 visit(g)
