@@ -253,9 +253,10 @@ def _train(
         # ||Delta W^l|| by the probes' own grouping: the updates in the place of the parameters.
         moved = norms_from_backward(model, updates, xb, (norms.loss[0], updates, {}, {}, {}, {}))
         carry = (new_params, opt_state, perm)
-        # Traced bounds, on purpose: XLA inlines a loop it can count to one trip, and two steps
-        # in one loop body are compiled together, which changed Adam's last bits.
-        carry = lax.fori_loop(s + 1, s + record_every, lambda t, c: plain_step(c, t)[0], carry)
+        # Bounds XLA cannot see through, on purpose: it inlines a loop it can count to one
+        # trip, and two steps in one loop body compile together, which changed Adam's last bits.
+        start, stop = lax.optimization_barrier((s + 1, s + record_every))
+        carry = lax.fori_loop(start, stop, lambda t, c: plain_step(c, t)[0], carry)
         return carry, (norms, *rec, moved.weight_norms / norms.weight_norms)
 
     starts = record_every * jnp.arange(steps // record_every)
@@ -276,11 +277,13 @@ def _update(tx, grads, opt_state, params):
     """``(new params, new optimizer state, updates)``: one optimizer step, fenced off.
 
     The barriers make the step the same arithmetic whether or not probes are recorded: without
-    them XLA fuses the update into its surroundings, which differ (a recording step also reads
-    the updates), and a fused ``p + u`` may become one fused multiply-add where the other
-    program rounds ``u`` first. Adam's final parameters then differed in the last bit.
+    them XLA compiles the update together with its surroundings, which differ (a recording step
+    also reads the updates; a loop of one trip is inlined next to the previous step), and
+    Adam's final parameters differed in the last bit (tests/test_train.py).
     """
+    grads, opt_state, params = lax.optimization_barrier((grads, opt_state, params))
     updates, opt_state = tx.update(grads, opt_state, params)
+    updates = lax.optimization_barrier(updates)
     return optax.apply_updates(params, updates), opt_state, updates
 
 
