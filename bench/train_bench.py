@@ -1,9 +1,10 @@
 """What recording the probes at every training step costs: ``gf.train.train`` side by side.
 
-Three contenders per workload, run interleaved round by round (load from other processes falls
+Four contenders per workload, run interleaved round by round (load from other processes falls
 on all alike), each ratio taken within a round and reported as the median over rounds:
 
   record     ``train(..., record_every=1)``: per-layer norms, update ratios, loss, accuracy
+  epoch      ``train(..., record_every=<steps per epoch>)``: the same, once an epoch
   no record  ``train(..., record_every=0)``: the same training, nothing recorded
   hand       a hand-written jitted optax loop (nested ``lax.scan``: epochs, batches) that
              records nothing: what plain JAX costs
@@ -34,7 +35,8 @@ import gradflow as gf
 from gradflow.losses import get_loss
 from gradflow.train import make_optimizer, train
 
-FULL = dict(rounds=7, nielsen_epochs=10, wide_n=512, wide_batch=64, wide_epochs=4, wide_seeds=16)
+PAIRS = (("record", "no record"), ("epoch", "no record"), ("no record", "hand"))
+FULL = dict(rounds=5, nielsen_epochs=10, wide_n=512, wide_batch=64, wide_epochs=4, wide_seeds=16)
 QUICK = dict(rounds=3, nielsen_epochs=1, wide_n=256, wide_batch=64, wide_epochs=2, wide_seeds=4)
 
 
@@ -86,10 +88,9 @@ def ratios(wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> dict:
     def median_ratio(times, a, b):
         return statistics.median(u / v for u, v in zip(times[a], times[b], strict=True))
 
-    pairs = [("record", "no record"), ("no record", "hand"), ("record", "hand")]
     return {
-        **{f"{a} / {b}": median_ratio(wall, a, b) for a, b in pairs},
-        **{f"{a} / {b} (cpu)": median_ratio(cpu, a, b) for a, b in pairs},
+        **{f"{a} / {b}": median_ratio(wall, a, b) for a, b in PAIRS},
+        **{f"{a} / {b} (cpu)": median_ratio(cpu, a, b) for a, b in PAIRS},
         "median seconds": {k: statistics.median(v) for k, v in wall.items()},
     }
 
@@ -117,7 +118,13 @@ def nielsen(cfg) -> dict:
 
     tx = make_optimizer("network2", lr, wd)
     hand = jax.jit(hand_loop(model, "sigmoid_xent", tx, x, y, batch, cfg["nielsen_epochs"], key))
-    fns = {"record": run(1), "no record": run(0), "hand": lambda: hand(params)}
+    per_epoch = len(x) // batch
+    fns = {
+        "record": run(1),
+        "epoch": run(per_epoch),
+        "no record": run(0),
+        "hand": lambda: hand(params),
+    }
     warm = {name: jax.block_until_ready(f()) for name, f in fns.items()}  # compile
     row = ratios(*interleaved(fns, cfg["rounds"]))
     row["steps"] = steps
@@ -157,7 +164,7 @@ def wide(cfg) -> dict:
     def hand():  # results to the host, as the sweep's are
         return jax.tree.map(np.asarray, hand_jit(keys))
 
-    fns = {"record": run(1), "no record": run(0), "hand": hand}
+    fns = {"record": run(1), "epoch": run(n // batch), "no record": run(0), "hand": hand}
     warm = {name: f() for name, f in fns.items()}
     row = ratios(*interleaved(fns, cfg["rounds"]))
     row["steps"], row["seeds"] = steps, seeds
@@ -183,10 +190,12 @@ def main(argv=None) -> dict:
         row = rows[name] = workloads[name](cfg)
         secs = "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in row["median seconds"].items())
         print(
-            f"  {name:8s} record/no-record {row['record / no record']:.3f} "
-            f"(cpu {row['record / no record (cpu)']:.3f})   no-record/hand "
-            f"{row['no record / hand']:.3f} (cpu {row['no record / hand (cpu)']:.3f})   "
-            f"({row['steps']} steps; {secs})"
+            f"  {name:8s} "
+            + "   ".join(
+                f"{a}/{b} {row[f'{a} / {b}']:.3f} (cpu {row[f'{a} / {b} (cpu)']:.3f})"
+                for a, b in PAIRS
+            )
+            + f"   ({row['steps']} steps; {secs})"
         )
         print(f"           checks: {row['checks']}")
     return rows

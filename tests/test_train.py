@@ -222,36 +222,34 @@ def test_named_optimizers_equal_explicit_updates():
         np.testing.assert_allclose(u, v, rtol=1e-6)
 
 
-def test_sweep_over_seeds_and_grid_equals_per_seed_calls(small):
-    """gf.sweep (seeds vmapped, traced learning rate and weight decay) and grid_sweep (traced
-    sigma_w2 x learning rate) against plain per-seed calls."""
+def test_grid_sweep_over_seeds_equals_per_seed_calls(small):
+    """grid_sweep: (sigma_w2 x learning rate x seed) vmapped in one program, the init scale and
+    learning rate traced, weight decay a shared traced hyper; each item equals a plain call."""
     _, _, x, y = small
     model = gf.mlp([6, 8, 8, 3], "sigmoid", "gaussian")
     kw = dict(loss="sigmoid_xent", steps=4, optimizer="adam", batch_size=6, key=3, record_every=2)
-    out = gf.sweep(train, model, 2, x, y, hyper={"learning_rate": 0.05, "weight_decay": 0.01}, **kw)
+    sigma_w2, lr = [0.5, 2.0], [0.01, 0.1]
     grid = gf.grid_sweep(
-        train, model, 2, x, y, grid={"sigma_w2": [0.5, 2.0], "learning_rate": [0.01, 0.1]},
-        hyper={"weight_decay": 0.0}, **kw,
+        train, model, 2, x, y, grid={"sigma_w2": sigma_w2, "learning_rate": lr},
+        hyper={"weight_decay": 0.01}, **kw,
     )  # fmt: skip
-    assert out.trajectory.norms.weights.shape == (2, 3, 3)
-    assert grid.trajectory.loss.shape == (2, 2, 2, 3)
+    assert grid.trajectory.norms.weights.shape == (2, 2, 2, 3, 3)
 
     def close(a, b):  # vmap batches the same float32 arithmetic: rounding only
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
 
-    for i, key in enumerate(gf.seed_keys(2)):
-        one = train(model, model.init(key), x, y, learning_rate=0.05, weight_decay=0.01, **kw)
-        jax.tree.map(close, jax.tree.map(lambda a, i=i: a[i], out), one)
-    key = gf.seed_keys(2)[1]
-    one = train(model, model.init(key, sigma_w2=2.0), x, y, learning_rate=0.01, weight_decay=0.0,
-                **kw)  # fmt: skip
-    jax.tree.map(close, jax.tree.map(lambda a: a[1, 0, 1], grid), one)
+    for i, s2 in enumerate(sigma_w2):
+        for j, rate in enumerate(lr):
+            for k, key in enumerate(gf.seed_keys(2)):
+                params = model.init(key, sigma_w2=s2)
+                one = train(model, params, x, y, learning_rate=rate, weight_decay=0.01, **kw)
+                jax.tree.map(close, jax.tree.map(lambda a, i=i, j=j, k=k: a[i, j, k], grid), one)
 
 
-def test_any_model_nested_dict_and_scanned_runs():
-    """A gf.from_apply model on a nested dict (biases named "bias", never decayed) and an MLP
-    whose hidden layers run as one lax.scan (stacked parameters): the last record equals
-    layer_grad_norms at the final params, which equal a hand-written masked optax loop."""
+def test_from_apply_model_on_a_nested_dict():
+    """A gf.from_apply model on a nested dict (biases named "bias", never decayed): the last
+    record equals layer_grad_norms at the final params, which equal a hand-written optax loop
+    with the weight-decay mask written out."""
 
     def init(key):
         k1, k2 = jax.random.split(key)
@@ -267,18 +265,16 @@ def test_any_model_nested_dict_and_scanned_runs():
     x = jax.random.normal(jax.random.key(1), (8, 4))
     y = jax.random.normal(jax.random.key(2), (8, 2))
     nested = gf.from_apply(init, apply)
-    for model in (nested, gf.mlp([4, 5, 5, 5, 2], "tanh", scan=True)):
-        params = model.init(jax.random.key(0))
-        # A function of the (traced) rates may build the optimizer (gd_optimizer is one).
-        got = train(model, params, x, y, steps=3, record_every=3, weight_decay=0.5,
-                    optimizer=tr.gd_optimizer)  # fmt: skip
-        want = gf.layer_grad_norms(model, got.params, x, y)
-        assert got.trajectory.norms.names == want.names
-        for field in ("weights", "biases", "weight_norms", "hidden", "loss"):
-            np.testing.assert_allclose(  # same float32 arithmetic, another program: rounding
-                getattr(got.trajectory.norms, field)[-1], getattr(want, field), rtol=1e-5
-            )
     params = nested.init(jax.random.key(0))
+    # A function of the (traced) rates may build the optimizer (gd_optimizer is one).
+    got = train(nested, params, x, y, steps=3, record_every=3, weight_decay=0.5,
+                optimizer=tr.gd_optimizer)  # fmt: skip
+    want = gf.layer_grad_norms(nested, got.params, x, y)
+    assert got.trajectory.norms.names == want.names and len(want.names) == 2
+    for field in ("weights", "biases", "weight_norms", "hidden", "loss"):
+        np.testing.assert_allclose(  # same float32 arithmetic, another program: rounding
+            getattr(got.trajectory.norms, field)[-1], getattr(want, field), rtol=1e-5
+        )
     mask = {"enc": {"kernel": True, "bias": False}, "head": {"out": {"kernel": True}}}
     tx = optax.chain(optax.add_decayed_weights(0.5, mask=mask), optax.scale(-0.1))
     p, state = params, tx.init(params)
@@ -286,8 +282,6 @@ def test_any_model_nested_dict_and_scanned_runs():
         g = jax.grad(lambda q: jnp.mean(gf.losses.mse(apply(q, x), y)))(p)
         u, state = tx.update(g, state, p)
         p = optax.apply_updates(p, u)
-    got = train(nested, params, x, y, steps=3, record_every=3, weight_decay=0.5,
-                optimizer=tr.gd_optimizer)  # fmt: skip
     for u, v in zip(jax.tree.leaves(got.params), jax.tree.leaves(p), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7)
 
