@@ -1,4 +1,4 @@
-"""bench/run.py smoke test: the quick matmul, workload-A and transformer sections run and write
+"""bench/run.py smoke test: the quick matmul and workload-A sections run and write
 their JSON.
 
 Speed itself is never asserted (the machine is shared and noisy); only that the benchmark runs,
@@ -20,7 +20,7 @@ def test_bench_quick_writes_results(tmp_path):
         str(ROOT / "bench" / "run.py"),
         "--quick",
         "--only",
-        "matmul,a,transformer",
+        "matmul,a",  # the transformer row: bench only (a 20 s compile)
     ]
     subprocess.run(cmd + ["--no-torch", "--out", str(out)], check=True, capture_output=True)
     results = json.loads(out.read_text())
@@ -36,8 +36,3 @@ def test_bench_quick_writes_results(tmp_path):
     assert a["checks"]["sweep vs jit loop, max rel diff"] < 1e-4
     target = results["targets"]["A: >= 60% of the matmul peak"]
     assert isinstance(target["met"], bool) and target["value"].endswith("%")
-    t = results["transformer"]
-    assert set(t["results"]) == {"gradflow.sweep", "hand-written jax"}
-    assert t["layers"] > t["taps"] > 0 and t["gradflow_over_hand"] > 0
-    # Same gradient two ways: float32 sums in different orders.
-    assert t["checks"]["total squared norm, max rel diff"] < 1e-3
