@@ -31,6 +31,7 @@ from numpy.polynomial.legendre import leggauss
 from scipy import optimize
 
 from gradflow.activations import ACTIVATIONS, _pdf
+from gradflow.theory_norm import batchnorm_grad_rate, batchnorm_grad_rate_mc  # noqa: F401
 
 PHI = {name: a.numpy for name, a in ACTIVATIONS.items()}
 """Name (as in :data:`gradflow.activations.ACTIVATIONS`) -> numpy ``f(x) -> (phi, phi', phi'')``."""
