@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test64 bench figures lint format clean
+.PHONY: install demo test test-serial test-all test64 bench figures lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/gradflow demo
 
+# One worker per core (pytest-xdist), a test file per worker: most of the suite's time is
+# single-threaded XLA compilation. `make test-serial` runs in one process.
+PYTEST_JOBS ?= auto
+
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not gpu" -n $(PYTEST_JOBS) --dist loadfile
+
+test-serial: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu" -n $(PYTEST_JOBS) --dist loadfile
+
 test64: $(STAMP)
-	JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "not slow and not gpu"
+	JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "not slow and not gpu" -n $(PYTEST_JOBS) --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/run.py

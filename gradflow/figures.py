@@ -132,8 +132,10 @@ def main(fig: PaperFigure, argv=None) -> int:
     if data is None:
         data = {k: np.asarray(v) for k, v in fig.compute(cfg).items()}
         io.save_results(folder, data, {**cfg, "paper": fig.paper})
-        _add_meta(folder, {"cache_key": _canonical(key), "figure": fig.title})
-        how = f"computed in {time.perf_counter() - start:.0f} s"
+        seconds = time.perf_counter() - start
+        _add_meta(folder, {"cache_key": _canonical(key), "figure": fig.title,
+                           "compute_seconds": round(seconds, 1)})  # fmt: skip
+        how = f"computed in {seconds:.0f} s"
     else:
         how = "re-plotted from cached data (--recompute to compute again)"
     text = fig.report(data, cfg)
