@@ -11,6 +11,8 @@ reports best-of-rounds times, their ratios and the fraction of the matmul's GFLO
   memory   peak RSS of workload A at 256 vs 4,096 seeds, each in a fresh process
   devices  workload A on 1 vs 8 simulated CPU devices (an overhead check, not a speed-up)
   spectra  input-output Jacobian spectra: stable log singular values vs jacfwd + SVD
+  train    gf.train.train recording every step / once an epoch / never, and a hand optax loop
+           (bench/train_bench.py: Nielsen's net with SGD, a wide tanh net with Adam over seeds)
 
 Each workload is timed as gradflow.sweep, as a Python loop of per-seed jitted calls, and (when
 ``import torch`` works) as torch.func (vmap of grad) and a PyTorch eager loop. Loops run a subset
@@ -40,10 +42,11 @@ from gradflow import data
 from gradflow.nets import mlp_layers
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import train_bench  # noqa: E402
 import transformer_bench  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
-SECTIONS = ("matmul", "a", "b", "transformer", "memory", "devices", "spectra")
+SECTIONS = ("matmul", "a", "b", "transformer", "memory", "devices", "spectra", "train")
 
 FULL = dict(
     matmul_n=2048, rounds=5,
@@ -553,6 +556,7 @@ def main(argv=None) -> dict:
         "memory": ("memory", lambda: memory(cfg, args.quick)),
         "devices": ("devices", lambda: devices(cfg, args.quick)),
         "spectra": ("spectra", lambda: spectra(cfg, args.quick)),
+        "train": ("train", lambda: train_bench.main(["--quick"] if args.quick else [])),
     }
     for name, (key, run) in sections.items():
         if name in only:
@@ -590,6 +594,13 @@ def targets(results: dict) -> dict:
         if "torch.func" in r:
             speedup = r["torch.func"]["ratio_to_gradflow"]
             checks["transformer: faster than torch.func"] = (speedup > 1.0, f"{speedup:.2f}x")
+    if "train" in results:
+        for name, row in results["train"].items():
+            ratio = row["record / no record"]
+            checks[f"train ({name}): recording every step <= 1.10x not recording"] = (
+                ratio <= 1.10,
+                f"{ratio:.2f}x",
+            )
     if "memory" in results:
         ratio = results["memory"]["ratio"]
         seeds = results["memory"]["seeds"]

@@ -35,6 +35,7 @@ def test_few_lanczos_steps_find_the_extremes():
     assert abs(float(d.hessian_min) - want[0]) < 0.02 * spread
 
 
+@pytest.mark.slow  # the default suite's saddle case is tests/test_report.py's two-layer linear net
 def test_origin_of_a_tanh_net_is_a_saddle_not_a_minimum():
     model = gf.mlp([4, 6, 3], "tanh", "lecun")
     params = jax.tree.map(jnp.zeros_like, model.init(jax.random.key(0)))
@@ -59,6 +60,7 @@ def test_least_squares_solution_is_a_minimum():
     assert "MINIMUM" in verdict(d)
 
 
+@pytest.mark.slow  # the default suite's vanishing case is tests/test_report.py's deep sigmoid net
 def test_vanishing_sigmoid_net_is_not_a_critical_point():
     model = gf.mlp([20, 30, 30, 30, 30, 5], "sigmoid", "nielsen")
     x, y = _data(20, 5, batch=64)
