@@ -121,8 +121,13 @@ def choose_chunk(
     n_devices: int,
     budget: int,
     multiple: int | None = None,
+    seed_bound: float | None = None,
 ) -> tuple[ChunkChoice, Any]:
     """The largest chunk (a multiple of ``multiple``, at most ``n_items`` rounded up) in budget.
+
+    When ``seed_bound`` says every seed fits at once, one compile at that size decides (it is
+    the program the sweep runs anyway): nothing else is compiled unless XLA reports it over
+    budget. Otherwise two small chunks are compiled and their measured bytes fitted by a line.
 
     Args:
       compile_at: chunk size -> compiled program (``jit(f).lower(...).compile()``).
@@ -132,6 +137,8 @@ def choose_chunk(
       budget: per-device bytes.
       multiple: the chunk's granularity, a multiple of ``n_devices`` (default ``n_devices``; a
         sweep with ``vmap_size`` passes the vmapped group size).
+      seed_bound: an upper bound on one seed's bytes (:attr:`SeedCost.traced_bytes`: every
+        intermediate alive at once), or None.
 
     Returns:
       ``(ChunkChoice, compiled program at the chosen chunk)``.
@@ -140,11 +147,19 @@ def choose_chunk(
       ValueError: if one seed per device does not fit the budget.
     """
     multiple = n_devices if multiple is None else multiple
-    per_full = -(-n_items // multiple)  # units of `multiple` seeds if all ran at once
-    sizes = sorted({max(1, min(4, per_full // 2)), min(16, per_full)})
-    compiled = {p: compile_at(p * multiple) for p in sizes}
-    measured = {p: compiled_bytes(c) for p, c in compiled.items()}
     method = "memory_analysis"
+    per_full = -(-n_items // multiple)  # units of `multiple` seeds if all ran at once
+    compiled = {}
+    if seed_bound is not None and per_full * multiple * seed_bound / n_devices <= budget:
+        compiled[per_full] = compile_at(per_full * multiple)
+        got = compiled_bytes(compiled[per_full])
+        if got is not None and got <= budget:
+            per_seed = got * n_devices / (per_full * multiple)  # a bound: includes the fixed part
+            choice = ChunkChoice(per_full * multiple, budget, 0.0, per_seed, float(got), method)
+            return choice, compiled[per_full]
+    sizes = sorted({max(1, min(4, per_full // 2)), min(16, per_full)})
+    compiled.update({p: compile_at(p * multiple) for p in sizes if p not in compiled})
+    measured = {p: compiled_bytes(compiled[p]) for p in sizes}
     if any(m is None for m in measured.values()):
         method = "traced estimate"
         measured = {p: traced_bytes(trace_at(p * multiple)) // n_devices for p in sizes}

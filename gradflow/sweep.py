@@ -461,6 +461,7 @@ def _auto_chunk(job: _Job, memory):
         mesh.size,
         _budget(job, memory),
         multiple=job.static["vmap_size"] or mesh.size,
+        seed_bound=job.cost.traced_bytes,
     )
 
 

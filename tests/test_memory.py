@@ -51,6 +51,21 @@ def test_choose_chunk_fits_the_line_and_caps_at_the_seed_count():
         choose_chunk(compile_at, None, 1000, 2, budget=1050)
 
 
+def test_choose_chunk_compiles_once_when_the_seed_bound_fits():
+    calls = []
+
+    def compile_at(size):
+        calls.append(size)
+        return _Fake(size, 2)
+
+    choice, compiled = choose_chunk(compile_at, None, 1000, 2, budget=10**12, seed_bound=100)
+    assert calls == [1000] and choice.chunk_size == 1000  # the program the sweep runs anyway
+    assert choice.predicted_bytes == compiled.bytes == 1000 + 100 * 500
+    calls.clear()  # the bound (100 B per seed) does not fit 1,000 seeds in 4,750 B: fit a line
+    choice, _ = choose_chunk(compile_at, None, 1000, 2, budget=1000 + 100 * 37 + 50, seed_bound=100)
+    assert choice.chunk_size == 74 and 1000 not in calls
+
+
 def test_choose_chunk_falls_back_to_a_traced_estimate_and_says_so():
     class NoAnalysis:
         def memory_analysis(self):
@@ -70,8 +85,11 @@ def test_auto_chunk_is_within_budget_and_matches_the_unchunked_sweep():
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(8, 6)).astype(np.float32), rng.normal(size=(8, 3)).astype(np.float32)
     args = (gf.layer_grad_norms, model, 16, x, y)  # fits measure chunks 4 and 16
-    line = gf.auto_chunk_size(*args, loss="mse", memory="1TiB")
-    assert line.chunk_size == 16 and line.per_seed_bytes > 0
+    everything = gf.auto_chunk_size(*args, loss="mse", memory="1TiB")  # one compile decides
+    assert everything.chunk_size == 16 and everything.method == "memory_analysis"
+    # Just below what all 16 need: the two-point fit a + b * chunk.
+    line = gf.auto_chunk_size(*args, loss="mse", memory=int(everything.predicted_bytes) - 1)
+    assert line.chunk_size < 16 and line.per_seed_bytes > 0
     budget = int(line.fixed_bytes + 10.5 * line.per_seed_bytes)
     choice = gf.auto_chunk_size(*args, loss="mse", memory=budget)
     assert 1 <= choice.chunk_size < 16
