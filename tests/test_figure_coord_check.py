@@ -3,20 +3,10 @@
 References: Yang et al. 2022, Tensor Programs V (arXiv:2203.03466); microsoft/mup coord check.
 """
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
-SCRIPT = pathlib.Path(__file__).parent.parent / "experiments" / "fig_coord_check.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(SCRIPT.stem, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_experiment
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +14,7 @@ def checks():
     """The figure's own compute at test size: its MLP [32, n, n, 10] and batch, widths 64 and
     1024 (a 16x range; two compiles, shared by SP and muP), 4 fixed seeds, one Adam step at the
     figure's lr 0.01 (eta n = 0.64..10)."""
-    fig = _load()
+    fig = load_experiment("fig_coord_check")
     mlp = dict(fig.CONFIG["mlp"], widths=[64, 1024], seeds=4)
     cfg = dict(fig.CONFIG, models=["mlp"], steps=1, base_width=64, mlp=mlp)
     data = fig.compute(cfg)

@@ -1,22 +1,11 @@
 """experiments/fig_nielsen_speed_of_learning.py: the accuracy-vs-depth numbers are the test
 accuracy of the trained parameters, checked by a forward pass written in numpy."""
 
-import importlib.util
-import pathlib
-
 import jax
 import numpy as np
 
 import gradflow as gf
-
-SCRIPT = pathlib.Path(__file__).parent.parent / "experiments" / "fig_nielsen_speed_of_learning.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location(SCRIPT.stem, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_experiment
 
 
 def _numpy_accuracy(layers, x, y) -> float:
@@ -28,7 +17,7 @@ def _numpy_accuracy(layers, x, y) -> float:
 
 
 def test_depth_accuracy_equals_numpy_evaluation():
-    fig = _script()
+    fig = load_experiment("fig_nielsen_speed_of_learning")
     cfg = dict(
         fig.CONFIG, acc_hidden=[1], acc_epochs=2, acc_seeds=2, acc_n_train=400, acc_n_test=200
     )

@@ -12,9 +12,7 @@ Statistical tests use fixed keys (deterministic) and state their tolerance: 4 st
 plus any finite-size allowance, with the reason.
 """
 
-import importlib.util
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -22,20 +20,11 @@ import numpy as np
 import pytest
 
 import gradflow as gf
+from tests.conftest import load_experiment
 
-EXPERIMENTS = pathlib.Path(__file__).parent.parent / "experiments"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-phases_fig = _load("fig_mean_field_phases")
-isometry_fig = _load("fig_dynamical_isometry")
-linear_fig = _load("fig_deep_linear_and_relu")
+phases_fig = load_experiment("fig_mean_field_phases")
+isometry_fig = load_experiment("fig_dynamical_isometry")
+linear_fig = load_experiment("fig_deep_linear_and_relu")
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,9 +3,7 @@ fig_xiong_layernorm.py, fig_batchnorm.py): each builds the script's model at a s
 fixed keys (so deterministic) and checks a measured number against theory, with the tolerance
 and its reason stated."""
 
-import importlib.util
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -13,17 +11,7 @@ import numpy as np
 import pytest
 
 import gradflow as gf
-
-EXPERIMENTS = pathlib.Path(__file__).parent.parent / "experiments"
-
-
-def _script(name):
-    path = EXPERIMENTS / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from tests.conftest import load_experiment
 
 # --------------------------------------------------------------------------------------------
 # Yang et al. 2019: BatchNorm
@@ -38,7 +26,7 @@ def test_batchnorm_relu_rate_at_batch_8_matches_yang():
     band, 3.3 SE wide, must stay under 0.04) plus finite-width deviations of ~0.02 at width
     128; the neighbouring theory values 1.590 (B = 16) and 3.084 (B = 4) are far outside it.
     """
-    fig = _script("fig_batchnorm")
+    fig = load_experiment("fig_batchnorm")
     cfg = dict(fig.CONFIG, width=128, depth=20, seeds=32, fit_first=3, fit_skip_last=3)
     model = fig.bn_net(cfg["width"], cfg["depth"], "relu")
     x = jax.random.normal(jax.random.key(1), (8, cfg["width"]))
@@ -70,7 +58,7 @@ def test_rnn_gradient_through_time_obeys_pascanu_bound_and_mean_field():
     measured medians 0.4569, 0.7031, 1.0235 against 0.4567, 0.7040, 1.0300 (32 units, 8
     seeds). Tolerance 3%: finite width 32 (corrections ~1/N) and 8 seeds.
     """
-    fig = _script("fig_rnn_lstm")
+    fig = load_experiment("fig_rnn_lstm")
     cfg = dict(fig.CONFIG, n_hidden=32, time=30, batch=4, seeds=8, fit=[5, 25])
     sig = np.array([0.5, 0.8, 1.5])
     model = gf.rnn(cfg["n_in"], 32, cfg["n_out"], "tanh", "lecun", recurrent_init="orthogonal",
@@ -100,7 +88,7 @@ def test_xiong_switched_off_blocks_make_an_exact_shallower_pre_ln_net():
     """The figure realises depth L as a deeper net with its first blocks switched off (zero
     branch outputs). For Pre-LN that is exactly the depth-L net on the remaining blocks: same
     output to float32 rounding (the switched-off blocks add exact zeros)."""
-    fig = _script("fig_xiong_layernorm")
+    fig = load_experiment("fig_xiong_layernorm")
     cfg = dict(fig.CONFIG, width=8, heads=2, seq_len=3, n_in=4, depths=[2])
     model = fig.switchable(cfg, "pre")  # 3 blocks, the first switched off at active=2
     params = model.init(jax.random.key(0), active=2)
@@ -127,7 +115,7 @@ def test_xiong_last_layer_gradient_falls_with_depth_for_pre_ln_only():
     Post-LN's W^1 gradients grow toward the output and Pre-LN's do not: the mean per-seed
     slopes differ by more than 4 standard errors.
     """
-    fig = _script("fig_xiong_layernorm")
+    fig = load_experiment("fig_xiong_layernorm")
     cfg = dict(fig.CONFIG, width=16, heads=2, seq_len=4, n_in=4, batch=4, seeds=32,
                depths=[2, 8], profile_depth=8)  # fmt: skip
     data = fig.compute(cfg)
@@ -152,7 +140,7 @@ def test_fixes_sigmoid_nielsen_vanishes_at_the_mean_field_rate():
     50, MNIST: 0.205 [0.20, 0.21]). Tolerance 10%: finite width 48 and the q transient over 9
     layers.
     """
-    fig = _script("fig_fixes")
+    fig = load_experiment("fig_fixes")
     cfg = dict(fig.CONFIG, depth=14, width=48)
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(1), (32, 784), jnp.float64)
