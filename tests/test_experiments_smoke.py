@@ -2,6 +2,7 @@
 
 import pathlib
 
+import numpy as np
 import pytest
 
 from tests.conftest import load_experiment
@@ -18,7 +19,13 @@ def test_smoke(path, tmp_path, capsys):
     assert load_experiment(path.stem).main(["--smoke", "--out", str(tmp_path)]) == 0
     pngs = list(tmp_path.glob("*.png"))
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
-    assert list((tmp_path / "data").glob("*/results.npz"))
+    results = list((tmp_path / "data").glob("*/results.npz"))
+    assert results
+    for path in results:  # finite numbers: no NaN, no +inf (-inf is log 0, e.g. a dead relu's
+        with np.load(path) as data:  # zero singular value)
+            for name, v in data.items():
+                if np.issubdtype(v.dtype, np.number):
+                    assert not np.any(np.isnan(v) | np.isposinf(v)), (path, name)
     assert "figure:" in capsys.readouterr().out
     assert (tmp_path / "README.md").exists() == bool(list((tmp_path / "data").glob("*/report.md")))
 
