@@ -103,7 +103,6 @@ def test_xiong_switched_off_blocks_make_an_exact_shallower_pre_ln_net():
     assert not wo[0].any() and wo[1:].all()
 
 
-@pytest.mark.slow  # two transformer compilations (~35 s of CPU); the figure runs it in full
 def test_xiong_last_layer_gradient_falls_with_depth_for_pre_ln_only():
     """Theorem 1: the last FFN W^2 gradient is O(1) in depth L for Post-LN, O(1/sqrt(L)) for
     Pre-LN. Depth 2 vs 8 (x4: sqrt predicts x2), width 16, 32 seeds, the figure's compute.
