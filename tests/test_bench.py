@@ -29,7 +29,7 @@ def test_bench_quick_writes_results(tmp_path):
         assert key in meta, key
     assert meta["quick"] is True and results["matmul"]["gflops"] > 0
     a = results["workload_a"]
-    assert set(a["results"]) == {"gradflow.sweep", "gradflow.sweep, one chunk", "jit loop"}
+    assert set(a["results"]) == {"gradflow.sweep", "gradflow.sweep, defaults", "jit loop"}
     for r in a["results"].values():
         assert r["seconds"] > 0 and 0 < r["fraction_of_peak"] and r["gradflow_speedup"] > 0
     assert a["results"]["jit loop"]["extrapolated_from_seeds"] == 4
