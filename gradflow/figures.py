@@ -131,10 +131,10 @@ def main(fig: PaperFigure, argv=None) -> int:
     data = None if args.recompute else _cached(folder, key)
     if data is None:
         data = {k: np.asarray(v) for k, v in fig.compute(cfg).items()}
-        io.save_results(folder, data, {**cfg, "paper": fig.paper})
         seconds = time.perf_counter() - start
-        _add_meta(folder, {"cache_key": _canonical(key), "figure": fig.title,
-                           "compute_seconds": round(seconds, 1)})  # fmt: skip
+        extra = {"cache_key": _canonical(key), "figure": fig.title,
+                 "compute_seconds": round(seconds, 1)}  # fmt: skip
+        io.save_results(folder, data, {**cfg, "paper": fig.paper}, extra)
         how = f"computed in {seconds:.0f} s"
     else:
         how = "re-plotted from cached data (--recompute to compute again)"
@@ -148,11 +148,6 @@ def main(fig: PaperFigure, argv=None) -> int:
     write_readme(out)
     print(f"figure: {path}  ({how}; {time.perf_counter() - start:.0f} s in all)")
     return 0
-
-
-def _add_meta(folder: pathlib.Path, extra: dict) -> None:
-    meta = json.loads((folder / "config.json").read_text())
-    io.atomic_write(folder / "config.json", json.dumps({**meta, **extra}, indent=1).encode())
 
 
 def write_readme(out) -> pathlib.Path:

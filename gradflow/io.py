@@ -302,9 +302,10 @@ def leaf_names(tree) -> dict[str, np.ndarray]:
     return named
 
 
-def save_results(out_dir, arrays, config: dict) -> pathlib.Path:
+def save_results(out_dir, arrays, config: dict, extra: dict | None = None) -> pathlib.Path:
     """Write ``results.npz`` (arrays, or a pytree named by :func:`leaf_names`) and
-    ``config.json`` (``config`` plus versions, devices, git commit), both atomically.
+    ``config.json`` (``config`` plus versions, devices, git commit, and the top-level entries
+    of ``extra``), both atomically, the config last.
 
     Returns: the folder.
     """
@@ -315,7 +316,7 @@ def save_results(out_dir, arrays, config: dict) -> pathlib.Path:
     buf = _io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write(out / "results.npz", buf.getvalue())
-    meta = {"config": _canonical(config), "created": _now(), **run_metadata()}
+    meta = {"config": _canonical(config), "created": _now(), **run_metadata(), **(extra or {})}
     atomic_write(out / "config.json", _json_bytes(meta))
     return out
 
