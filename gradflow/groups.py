@@ -14,7 +14,8 @@ from typing import NamedTuple
 import jax
 from jax.extend.core import Literal
 
-from gradflow.layers import Layer, _segments, _single, _visible
+from gradflow.layers import Layer
+from gradflow.serial import _segments, _single, _visible
 
 ROOT = "root"
 """The group name of parameter leaves held directly at the top of the params pytree."""
