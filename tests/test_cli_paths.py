@@ -18,7 +18,7 @@ def _no_compile(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("compiled before the input was checked")
 
-    monkeypatch.setattr(gf.sweeps, "_run_chunk", refuse)
+    monkeypatch.setattr(gf.sweep_engine, "_run_chunk", refuse)
     monkeypatch.setattr(gf.meanfield, "compare", refuse)
 
 
@@ -61,7 +61,7 @@ def test_bad_figure_paths_fail_before_the_computation(path, match, tmp_path, mon
 
 def test_a_billion_seeds_is_refused_before_drawing_keys(monkeypatch, capsys):
     _no_compile(monkeypatch)
-    monkeypatch.setattr(gf.sweeps, "as_keys", lambda k: pytest.fail("keys drawn"))
+    monkeypatch.setattr(gf.sweep_engine, "as_keys", lambda k: pytest.fail("keys drawn"))
     argv = SWEEP + ["--seeds", "1000000000", "--chunk-size", "auto", "--memory", "64MiB"]
     assert cli.main(argv) == cli.USAGE_ERROR
     err = capsys.readouterr().err

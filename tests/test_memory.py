@@ -1,6 +1,5 @@
 """chunk_size="auto": parse budgets, fit bytes = a + b * chunk, stay within budget."""
 
-import sys
 from types import SimpleNamespace
 
 import jax
@@ -131,7 +130,7 @@ def test_default_sweep_is_bounded_and_a_seed_does_not_depend_on_n(monkeypatch):
     assert_trees_close(few, jax.tree.map(lambda a: a[:3], many), rtol=0)
     assert_trees_close(tuned, many, rtol=0)
     # A budget that holds 2 seeds' traced working set but not 3: the chunk program fits it.
-    sw = sys.modules["gradflow.sweep"]  # the module (gradflow.sweep is also the function)
+    sw = gf.sweep_engine
     monkeypatch.setattr(memory, "GROUP_FLOPS", 1e15)
     monkeypatch.setattr(memory, "MAX_GROUP", 64)
     job = sw._prepare(gf.layer_grad_norms, model, 100_000, (x, y), {"loss": "mse"}, *[None] * 3)

@@ -1,6 +1,5 @@
 """Full float32 matmul precision by default: the lowered programs carry it, options change it."""
 
-import sys
 
 import jax
 import numpy as np
@@ -22,7 +21,7 @@ def _dot_precisions(text: str) -> set[str]:
 
 
 def _lowered_chunk(precision: str) -> str:
-    sw = sys.modules["gradflow.sweep"]  # the module (gradflow.sweep is also the function)
+    sw = gf.sweep_engine
     job = sw._prepare(gf.layer_grad_norms, MODEL, 4, (X, Y), {"loss": "mse"}, None, None, None)
     with matmul_precision(precision):
         return sw._run_chunk.lower(*sw._specs(job, 4), **job.static).as_text()

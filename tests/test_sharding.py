@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     import gradflow as gf
 
-    S = gf.sweeps
+    S = gf.sweep_engine
     assert jax.local_device_count() == 8, jax.local_devices()
     model = gf.mlp([6, 12, 3], "tanh", "gaussian", sigma_w2=1.5, sigma_b2=0.1)
     rng = np.random.default_rng(0)
