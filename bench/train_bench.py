@@ -12,6 +12,8 @@ on all alike), each ratio taken within a round and reported as the median over r
 Workloads:
   nielsen  Nielsen's [784, 30, 30, 30, 10] sigmoid net (network2 init and update, cross-entropy),
            mini-batch SGD, batch 10, on the first 1,000 MNIST training digits, one seed
+  nielsen_full  the same net, full-batch gradient descent on the 1,000 digits (the book's
+           ``fig/generate_gradient.py``, which records the norms at every step)
   wide     tanh MLP [256] * 8 -> 10, Adam, batch 64 of 512 Gaussian inputs (random labels),
            16 seeds vmapped by ``gf.sweep`` (the hand loop: ``jit(vmap(loop))``)
 
@@ -30,14 +32,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 
 import gradflow as gf
 from gradflow.losses import get_loss
 from gradflow.train import make_optimizer, train
 
 PAIRS = (("record", "no record"), ("epoch", "no record"), ("no record", "hand"))
-FULL = dict(rounds=5, nielsen_epochs=10, wide_n=512, wide_batch=64, wide_epochs=4, wide_seeds=16)
-QUICK = dict(rounds=3, nielsen_epochs=1, wide_n=256, wide_batch=64, wide_epochs=2, wide_seeds=4)
+FULL = dict(
+    rounds=5,
+    nielsen_epochs=10,
+    full_steps=200,
+    wide_n=512,
+    wide_batch=64,
+    wide_epochs=4,
+    wide_seeds=16,
+)
+QUICK = dict(
+    rounds=3,
+    nielsen_epochs=1,
+    full_steps=20,
+    wide_n=256,
+    wide_batch=64,
+    wide_epochs=2,
+    wide_seeds=4,
+)
 
 
 def hand_loop(model, loss, tx, x, y, batch_size, epochs, key):
@@ -142,6 +161,52 @@ def nielsen(cfg) -> dict:
     return row
 
 
+def nielsen_full(cfg) -> dict:
+    """Nielsen's ``fig/generate_gradient.py`` setting: full-batch gradient descent on 1,000
+    digits (network2's update), the norms recorded at every step, as the book plots them."""
+    ds = gf.data.load("mnist")
+    x, y = jnp.asarray(ds.x_train[:1000]), jnp.asarray(ds.y_train[:1000])
+    model = gf.mlp([784, 30, 30, 30, 10], "sigmoid", "nielsen")
+    steps, lr, wd = cfg["full_steps"], 0.1, 5.0 / len(x)
+    params = model.init(jax.random.key(0))
+    kw = dict(steps=steps, optimizer="network2", learning_rate=lr, weight_decay=wd)
+
+    def run(k):
+        return lambda: train(model, params, x, y, "sigmoid_xent", record_every=k, **kw)
+
+    tx = make_optimizer("network2", lr, wd)
+    loss_fn = get_loss("sigmoid_xent")
+
+    def hand_step(carry, _):
+        p, state = carry
+        grads = jax.grad(lambda q: jnp.mean(loss_fn(model.apply(q, x), y)))(p)
+        updates, state = tx.update(grads, state, p)
+        return (optax.apply_updates(p, updates), state), None
+
+    hand = jax.jit(lambda p: lax.scan(hand_step, (p, tx.init(p)), None, length=steps)[0][0])
+    fns = {
+        "record": run(1),
+        "epoch": run(steps // 10),
+        "no record": run(0),
+        "hand": lambda: hand(params),
+    }
+    warm = {name: jax.block_until_ready(f()) for name, f in fns.items()}
+    row = ratios(*interleaved(fns, cfg["rounds"]))
+    row["steps"] = steps
+    row["checks"] = {
+        "record vs no record params bit-equal": all(
+            np.array_equal(u, v)
+            for u, v in zip(
+                jax.tree.leaves(warm["record"].params),
+                jax.tree.leaves(warm["no record"].params),
+                strict=True,
+            )
+        ),
+        "no record vs hand, max rel diff": max_rel_diff(warm["no record"].params, warm["hand"]),
+    }
+    return row
+
+
 def wide(cfg) -> dict:
     n, batch, seeds = cfg["wide_n"], cfg["wide_batch"], cfg["wide_seeds"]
     n_out, lr = 10, 1e-3
@@ -178,19 +243,21 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few steps and rounds (smoke test)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
-    parser.add_argument("--only", default="nielsen,wide", help="comma-separated workloads")
+    parser.add_argument(
+        "--only", default="nielsen,nielsen_full,wide", help="comma-separated workloads"
+    )
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.rounds is not None:
         cfg["rounds"] = args.rounds
-    workloads = {"nielsen": nielsen, "wide": wide}
+    workloads = {"nielsen": nielsen, "nielsen_full": nielsen_full, "wide": wide}
     rows = {}
     print(f"train bench ({jax.devices()[0].device_kind}, {cfg['rounds']} rounds): median ratios")
     for name in args.only.split(","):
         row = rows[name] = workloads[name](cfg)
         secs = "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in row["median seconds"].items())
         print(
-            f"  {name:8s} "
+            f"  {name:12s} "
             + "   ".join(
                 f"{a}/{b} {row[f'{a} / {b}']:.3f} (cpu {row[f'{a} / {b} (cpu)']:.3f})"
                 for a, b in PAIRS

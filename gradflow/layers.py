@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from gradflow import activations, inits, taps
+from gradflow.reduce import sums
 
 
 class Diag(NamedTuple):
@@ -154,7 +155,10 @@ def _recording(apply, batch_axis: int = 0):
 
     def run(params, x):
         if taps.active() and x.ndim == 2:
-            taps.record("input_sq", jnp.sum(jnp.square(x), axis=1 - batch_axis))
+            # A statistic, not differentiated: stop_gradient keeps autodiff out of the sum's
+            # barrier (gradflow.reduce.lane_sums).
+            x_sq = jnp.square(jax.lax.stop_gradient(x))
+            taps.record("input_sq", sums(x_sq, axes=(1 - batch_axis,))[0])
         return apply(params, x)
 
     return run

@@ -40,7 +40,8 @@ import numpy as np
 
 from gradflow.groups import LeafGroup, path_groups, path_str
 from gradflow.models import Model, leaf_groups
-from gradflow.probes import _is_bias, _sums, _use_order
+from gradflow.probes import _is_bias, _use_order
+from gradflow.reduce import sums as _sums
 from gradflow.writers import JsonlWriter, TensorBoardWriter  # noqa: F401  (re-exported)
 
 GLOBAL = "global"

@@ -16,17 +16,16 @@ it is the example's share of the batch gradient).
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import wraps
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from gradflow import precision, taps
 from gradflow.losses import check_targets, get_loss
 from gradflow.models import Model, check_inputs, check_params, leaf_groups
+from gradflow.reduce import sums as _sums
 
 BIAS_NAMES = frozenset({"b", "bias", "beta", "offset"})
 """Leaf names counted as biases (the rest are weights) when a layer has both."""
@@ -190,64 +189,6 @@ def backward(model: Model, params, x, y, loss: str):
     batch = x.shape[0]
     g_taps = {name: batch * g for name, g in g_taps.items()}
     return value, g_params, g_taps, values, records, specs
-
-
-LANES = 8
-"""Width of the partial sums a long reduction keeps (one float32 AVX register)."""
-
-LANE_MIN = 1024
-"""Reductions over at least this many elements per output go through :func:`_lane_sums`."""
-
-
-def _sums(*arrays, axes) -> tuple[jax.Array, ...]:
-    """Sums over ``axes`` of equal-shape arrays.
-
-    On purpose, for speed on XLA:CPU (bench/run.py, bench/train_bench.py):
-    - Long reductions over trailing axes (>= :data:`LANE_MIN` elements per output) go through
-      :func:`_lane_sums`: a single sum into one float accumulator is a chain of dependent adds
-      (strict float order forbids reassociating it), about 2 ns an element.
-    - Others are one variadic reduction: XLA:CPU rewrites a single-operand sum over 32 or more
-      elements as a tree of partial sums over a materialised copy of its input, and those copies
-      made the statistics cost as much as the backward pass. Variadic reductions are left alone,
-      so the squares and comparisons fuse into one read of each array.
-    """
-    if not axes:
-        return arrays
-    ndim = arrays[0].ndim
-    n_keep = ndim - len(axes)
-    if sorted(axes) == list(range(n_keep, ndim)):
-        if math.prod(arrays[0].shape[n_keep:]) >= LANE_MIN:
-            return _lane_sums(arrays, n_keep)
-    operands = arrays if len(arrays) > 1 else (*arrays, jnp.ones_like(arrays[0]))
-    init = tuple(jnp.zeros((), a.dtype) for a in operands)
-    add = lambda xs, ys: tuple(a + b for a, b in zip(xs, ys, strict=True))  # noqa: E731
-    return tuple(lax.reduce(operands, init, add, tuple(axes)))[: len(arrays)]
-
-
-def _lane_sums(arrays, n_keep: int) -> tuple[jax.Array, ...]:
-    """Sums over all axes after the first ``n_keep``, in :data:`LANES` interleaved partial sums.
-
-    Each array, flattened to ``(*kept, n)``, is read as ``(*kept, n // LANES**2, LANES,
-    LANES)`` and summed over its second-to-last axis: blocks of ``LANES`` rows added as vectors
-    into ``(*kept, n // LANES**2, LANES)`` partial sums (behind a barrier, so XLA does not fold
-    the two sums back into one chain, nor rewrite the first as a tree over a materialised copy).
-    Those and the last ``n % LANES**2`` elements are then added up. On 2 CPU cores, 3x faster
-    than one variadic reduction on 16 x 256 x 256 (bench/train_bench.py); the float order
-    differs from a plain sum (rounding only).
-    """
-    kept = arrays[0].shape[:n_keep]
-    n = math.prod(arrays[0].shape[n_keep:])
-    block = LANES * LANES
-    m = n - n % block
-    flat = [a.reshape(*kept, n) for a in arrays]
-    partial = tuple(
-        jnp.sum(f[..., :m].reshape(*kept, m // block, LANES, LANES), axis=-2) for f in flat
-    )
-    partial = lax.optimization_barrier(partial)
-    sums = [jnp.sum(p, axis=(-2, -1)) for p in partial]
-    if m < n:
-        sums = [s + jnp.sum(f[..., m:], axis=-1) for s, f in zip(sums, flat, strict=True)]
-    return tuple(sums)
 
 
 def _example_sums(arrays, batch_axis):
