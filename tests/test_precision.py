@@ -1,6 +1,5 @@
 """Full float32 matmul precision by default: the lowered programs carry it, options change it."""
 
-
 import jax
 import numpy as np
 import pytest
