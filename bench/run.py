@@ -640,6 +640,12 @@ def targets(results: dict) -> dict:
         if "torch.func" in r:
             speedup = r["torch.func"]["ratio_to_gradflow"]
             checks["transformer: faster than torch.func"] = (speedup > 1.0, f"{speedup:.2f}x")
+    if "spectra" in results:
+        r = results["spectra"]
+        for method, target in (("exact", 3.0), ("lyapunov", 1.5)):
+            ratio = r["ratio_to_dense"][method]
+            name = f"spectra: {method} <= {target}x jacfwd + SVD, width {r['width']}"
+            checks[name] = (ratio <= target, f"{ratio:.2f}x")
     if "train" in results:
         for name, row in results["train"].items():
             ratio = row["record / no record"]
