@@ -6,14 +6,15 @@ A product ``P = J_L ... J_1`` (n_L, n_0) of many Jacobians overflows or underflo
 before its singular values stop being meaningful. The accumulators here keep P factored while the
 factors arrive one at a time, as two kinds of step (what :func:`gradflow.layers.walk` hands out):
 
-* ``matrix(state, J)``: a dense factor (n_out, n_in): multiply, then re-orthogonalise by QR;
-* ``diag(state, d)``: an elementwise factor ``diag(d)``: scale the rows of the running factor, no
-  QR (the next matrix step's QR absorbs it; ``log_sv`` folds a trailing one).
+* ``matrix(state, J)``: a dense factor (n_out, n_in): multiply, and every few factors
+  re-orthogonalise by QR (a *fold*);
+* ``diag(state, d)``: an elementwise factor ``diag(d)``: scale the rows of the running factor (the
+  next fold absorbs it).
 
 Two factorisations (:func:`accumulator`):
 
 * ``"lyapunov"``: the classic QR method (Benettin et al. 1980; Shimada & Nagashima 1979). State
-  ``P = M R`` with only ``s = log|diag R|`` kept: ``J M = Q' R'``, ``s += log|diag R'|``. The
+  ``P = M R`` with only ``s = log|diag R|`` kept: ``A = J M = Q' R'``, ``s += log|diag R'|``. The
   sorted ``s`` sum to ``log|det P|`` exactly (square factors) and are Lyapunov-style estimates of
   the individual ``log sigma_i`` (off by at most ``log cond`` of the triangular product's unit
   part: O(1) at any depth when the exponents are distinct, so ``s / L`` has an O(1/L) bias).
@@ -21,20 +22,32 @@ Two factorisations (:func:`accumulator`):
   2011). State ``P = M diag(e^s) T`` exactly, with T's rows of unit norm: ``A = J M`` is ordered
   by ``s_j + log||A_j||``, factored ``A = Q' R`` and ``R diag(e^s)`` is folded into the rows of T
   using exponentials of non-positive differences only (no overflow; underflow only of negligible
-  terms). :func:`jacobi_log_svd` then returns the true ``log sigma_i`` of ``diag(e^s) T``: a
-  one-sided Jacobi SVD computing every rotation from ``e^{s_q - s_p} <= 1`` and cosines, accurate
-  in the relative sense for such graded matrices (Demmel & Veselic 1992), so the error in
-  ``log sigma_i`` is absolute, ~eps per factor, whatever the magnitude of sigma_i.
+  terms). :func:`graded_log_svd` then returns the true ``log sigma_i`` of ``diag(e^s) T``.
+
+Both are exact in exact arithmetic however often they fold (the R of a product of factors is the
+product of their R's), so folding is only about rounding. A fold costs ~5 matrix products (LAPACK
+QR), so it is skipped while that is safe: in the factors since the last fold, the column ``A_j``
+of the unfolded product picks up a rounding error ~ eps ||A_j||, against a part that survives the
+next QR of only ``|r_jj|``. That *pollution* ``log(||A_j|| / |r_jj|)`` is measured at each fold,
+and the next fold comes after as many factors as keep it within ``log GROWTH`` (predicted from
+the last block, per factor) and the column norms within e^+-SPAN; at most :data:`MAX_EVERY`.
+The decision is shared by every example of a ``vmap`` (:func:`_batch_max`) so that a skipped
+fold is really skipped (a per-example ``lax.cond`` would run both branches). One Gaussian layer
+pollutes by ~0.5-8 nats (width 256: median 3.5), so Gaussian MLPs fold every layer, as before;
+orthogonal and near-isometric ones (tanh, ``sigma_w^2 = 1.05``: median 0.01 nats) every 16.
+``reorth_every=k`` fixes the block length instead.
 
 The running rank k (columns of M) starts at n_0 and shrinks to ``min(k, n_out)`` at a narrower
-factor, so a wide input costs nothing after the first layer. Inside a ``lax.scan`` the state's
-shapes must not change between iterations; ``fixed_rank=True`` keeps k = n_0 instead (the lost
-directions become zero columns with ``s = -inf``), for walks whose scanned blocks narrow inside.
+factor (always a fold), so a wide input costs nothing after the first layer. Inside a ``lax.scan``
+the state's shapes must not change between iterations; ``fixed_rank=True`` keeps k = n_0 instead
+(the lost directions become zero columns with ``s = -inf``), for walks whose scanned blocks narrow
+inside.
 
 References: Benettin, Galgani, Giorgilli & Strelcyn 1980 (Meccanica 15, 9); Loh et al. 1992
 (Int. J. Mod. Phys. B 6, 1091); Bai, Chen, Scalettar & Yamazaki 2011 (Numerical methods for
 quantum Monte Carlo simulations of the Hubbard model); Demmel & Veselic 1992 (SIAM J. Matrix Anal.
-Appl. 13, 1204); Brent & Luk 1985 (SIAM J. Sci. Stat. Comput. 6, 69).
+Appl. 13, 1204); Demmel et al. 1999 (Computing the SVD with high relative accuracy, LAA 299, 21);
+Cox & Higham 1998 (row-wise backward stable Householder QR, BIT 38, 354).
 """
 
 from __future__ import annotations
@@ -46,9 +59,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_batching import custom_vmap
 
-MAX_SWEEPS = 40
-"""Jacobi sweeps at most; it converges quadratically (typically 6-12 sweeps)."""
+MAX_EVERY = 16
+"""Most factors between two folds: bounds the damage if one layer is far worse than the last."""
+
+GROWTH = 2.0
+"""How much an unfolded product may amplify rounding relative to its smallest surviving column
+(one bit per fold, any dtype). Looser budgets let Gaussian nets skip folds and cost them accuracy
+at the bottom of the spectrum (width 8, depth 1,000: smallest log sigma off by 0.09 at 32, 0.03 at
+4, 0.01 at 2, as with a fold per layer)."""
+
+SPAN = 30.0
+"""Nats the column norms of an unfolded product may drift (float32 reaches e^88)."""
+
+MARGIN = 40.0
+"""Nats between two rows of a graded factor beyond which they do not interact: the coupling
+changes a singular value by ~e^{-2 * 40} cond(T)^2 (relative), below float64's eps."""
+
+WINDOW = 200.0
+"""Nats of singular values one float64 SVD resolves; with both margins the scaled rows span 280
+nats, so even their squares (LAPACK's dqds works on squares) stay above float64's e^-708."""
 
 
 def log0(v: jax.Array) -> jax.Array:
@@ -60,6 +91,19 @@ def unit_rows(f: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(f / ||f_i||, log ||f_i||)`` row by row; a zero row stays zero with log norm -inf."""
     norm = jnp.linalg.norm(f, axis=-1)
     return f / jnp.where(norm > 0, norm, 1)[:, None], log0(norm)
+
+
+@custom_vmap
+def _batch_max(v: jax.Array) -> jax.Array:
+    """``v`` itself; under ``vmap`` the max over the batch, *unbatched* (so a ``lax.cond`` on it
+    stays a branch instead of becoming a select that computes both sides)."""
+    return v
+
+
+@_batch_max.def_vmap
+def _batch_max_rule(axis_size, in_batched, v):
+    del axis_size
+    return _batch_max(jnp.max(v, axis=0) if in_batched[0] else v), False
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,25 +128,42 @@ class Accumulator(NamedTuple):
 
 
 class _Graded(NamedTuple):
-    m: jax.Array  # (n, k): orthonormal columns after a matrix step, rows scaled by diag steps
+    m: jax.Array  # (n, k): orthonormal columns after a fold, times the factors since
     s: jax.Array  # (k,) log scales
     t: jax.Array  # (k, n0) unit rows
+    steps: jax.Array  # () int32: matrix factors since the last fold
+    every: jax.Array  # () int32: fold when steps reaches it
 
 
 class _Lyapunov(NamedTuple):
     m: jax.Array  # (n, k)
     s: jax.Array  # (k,) accumulated log|diag R|
+    steps: jax.Array
+    every: jax.Array
 
 
-def accumulator(method: str, *, fixed_rank: bool = False) -> Accumulator:
+def accumulator(
+    method: str, *, fixed_rank: bool = False, reorth_every: int | None = None
+) -> Accumulator:
     """The :class:`Accumulator` of ``method`` ("exact" or "lyapunov").
 
     Args:
-      method: "exact" (graded QR, then :func:`jacobi_log_svd`) or "lyapunov" (QR diagonal).
+      method: "exact" (graded QR, then :func:`graded_log_svd`) or "lyapunov" (QR diagonal).
       fixed_rank: keep the running rank at n_0 (zero-padding) so the state's shapes never change.
+      reorth_every: fold (QR) after every k matrix factors; None chooses k from the pollution
+        measured at each fold (module docstring). 1 is the most accurate, larger k faster.
     """
     if method not in ("exact", "lyapunov"):
         raise ValueError(f"unknown accumulator {method!r}; choose 'exact' or 'lyapunov'")
+    if reorth_every is not None and (
+        isinstance(reorth_every, bool)
+        or not isinstance(reorth_every, (int, np.integer))
+        or reorth_every < 1
+    ):
+        raise ValueError(
+            f"reorth_every must be None (automatic) or an int >= 1, not {reorth_every!r}"
+        )
+    first = 1 if reorth_every is None else int(reorth_every)  # auto: measure after one factor
 
     def pad(q, s, t, k):
         # Lost directions as zero columns of Q (and zero rows of T) with log scale -inf: every
@@ -116,55 +177,79 @@ def accumulator(method: str, *, fixed_rank: bool = False) -> Accumulator:
             t = jnp.concatenate([t, jnp.zeros((missing, t.shape[1]), t.dtype)])
         return q, s, t
 
+    def next_every(state, log_c, log_r):
+        """Factors until the next fold, from this fold's pollution and column-norm drift."""
+        if reorth_every is not None:
+            return jnp.asarray(reorth_every, jnp.int32)
+        live = log_c > -jnp.inf
+        pollution = jnp.max(jnp.where(live, log_c - log_r, -jnp.inf), initial=-jnp.inf)
+        drift = jnp.max(jnp.where(live, jnp.abs(log_c), 0), initial=0)
+        per_factor = jnp.maximum(pollution / float(np.log(GROWTH)), drift / SPAN)
+        per_factor = per_factor / jnp.maximum(state.steps, 1)
+        per_factor = _batch_max(jnp.where(jnp.isnan(per_factor), jnp.inf, per_factor))
+        return jnp.clip(jnp.floor(1 / per_factor), 1, MAX_EVERY).astype(jnp.int32)
+
     def scale(state, d):
         return state._replace(m=d.astype(state.m.dtype)[:, None] * state.m)
 
+    def matrix(fold):
+        def step(state, jac):
+            state = state._replace(m=jac.astype(state.m.dtype) @ state.m, steps=state.steps + 1)
+            # A narrower factor shrinks the rank (and the state's shapes): fold there, always.
+            if reorth_every == 1 or (jac.shape[0] < state.s.shape[0] and not fixed_rank):
+                return fold(state)
+            # The predicate is unbatched (steps and every are the same for the whole batch).
+            return lax.cond(state.steps >= state.every, fold, lambda st: st, state)
+
+        return step
+
+    zero = jnp.zeros((), jnp.int32)
+
     if method == "lyapunov":
 
-        def fold(state):
+        def fold(state, adapt=True):
+            log_c = log0(jnp.linalg.norm(state.m, axis=0))
             q, r = jnp.linalg.qr(state.m)
-            s = state.s[: r.shape[0]] + log0(jnp.abs(jnp.diagonal(r)))
-            q, s, _ = pad(q, s, None, state.s.shape[0])
-            return _Lyapunov(q, s)
+            log_r = log0(jnp.abs(jnp.diagonal(r)))
+            every = next_every(state, log_c[: r.shape[0]], log_r) if adapt else state.every
+            q, s, _ = pad(q, state.s[: r.shape[0]] + log_r, None, state.s.shape[0])
+            return _Lyapunov(q, s, zero, every)
 
         def init(n0, dtype):
-            return _Lyapunov(jnp.eye(n0, dtype=dtype), jnp.zeros((n0,), dtype))
-
-        def matrix(state, jac):
-            return fold(state._replace(m=jac.astype(state.m.dtype) @ state.m))
+            eye = jnp.eye(n0, dtype=dtype)
+            return _Lyapunov(eye, jnp.zeros((n0,), dtype), zero, jnp.asarray(first, jnp.int32))
 
         def log_sv(state):
-            return -jnp.sort(-fold(state).s)
+            return -jnp.sort(-fold(state, adapt=False).s)
 
-        return Accumulator(init, matrix, scale, log_sv)
+        return Accumulator(init, matrix(fold), scale, log_sv)
 
-    def fold(state):
-        q, s, t = _graded_fold(state.m, state.s, state.t)
-        return _Graded(*pad(q, s, t, state.s.shape[0]))
+    def fold(state, adapt=True):
+        q, s, t, log_c, log_r = _graded_fold(state.m, state.s, state.t)
+        every = next_every(state, log_c, log_r) if adapt else state.every
+        return _Graded(*pad(q, s, t, state.s.shape[0]), zero, every)
 
     def init(n0, dtype):
         eye = jnp.eye(n0, dtype=dtype)
-        return _Graded(eye, jnp.zeros((n0,), dtype), eye)
-
-    def matrix(state, jac):
-        return fold(state._replace(m=jac.astype(state.m.dtype) @ state.m))
+        return _Graded(eye, jnp.zeros((n0,), dtype), eye, zero, jnp.asarray(first, jnp.int32))
 
     def log_sv(state):
-        state = fold(state)  # absorbs trailing diag steps
+        state = fold(state, adapt=False)  # absorbs the factors since the last fold
         s, t = state.s, state.t
         live = min(s.shape[0], state.m.shape[0])  # rank <= n_L: with fixed_rank, drop the padding
         if live < s.shape[0]:
             keep = jnp.argsort(-s)[:live]
             s, t = s[keep], t[keep]
-        return jacobi_log_svd(s, t)
+        return graded_log_svd(s, t)
 
-    return Accumulator(init, matrix, scale, log_sv)
+    return Accumulator(init, matrix(fold), scale, log_sv)
 
 
 def _graded_fold(a, s, t):
     """``A diag(e^s) T = Q' diag(e^s') T'`` exactly, using only non-positive exponents.
 
-    Args: a (n, k), s (k,), t (k, n0). Returns q (n, k'), s' (k',), t' (k', n0), k' = min(n, k).
+    Args: a (n, k), s (k,), t (k, n0). Returns q (n, k'), s' (k',), t' (k', n0), k' = min(n, k),
+    and for the pollution estimate ``log||A_j||`` and ``log|r_jj|`` (k',) in pivoted order.
     """
     c = jnp.linalg.norm(a, axis=0)
     order = jnp.argsort(-(s + log0(c)))  # pre-pivoting: the largest column of A diag(e^s) first
@@ -180,91 +265,68 @@ def _graded_fold(a, s, t):
     diff = jnp.where(upper & ~jnp.isnan(diff), jnp.minimum(diff, 0), -jnp.inf)
     e = r / jnp.where(c > 0, c, 1)[None, :] * jnp.exp(diff) * c[:k, None]
     t, log_norm = unit_rows(e @ t)
-    return q, s[:k] + log_norm, t
+    return q, s[:k] + log_norm, t, log0(c[:k]), log0(jnp.abs(jnp.diagonal(r)))
 
 
 # --------------------------------------------------------------------------------------------
-# One-sided Jacobi SVD in the log domain
+# Singular values of a graded factor
 
 
-def _shuffle(top, bot):
-    """Round-robin step: top' = [top0, bot0, top1..top_{h-2}], bot' = [bot1..bot_{h-1}, top_{h-1}].
+def graded_log_svd(s: jax.Array, t: jax.Array) -> jax.Array:
+    """Log singular values of ``diag(e^s) T`` (k, n), descending, each to relative accuracy.
 
-    With pair i = (top[i], bot[i]), m - 1 steps meet every pair of the m = 2h slots once (the
-    circle method; Brent & Luk 1985).
-    """
-    h = top.shape[0]
-    if h == 1:
-        return top, bot
-    return (
-        jnp.concatenate([top[:1], bot[:1], top[1 : h - 1]]),
-        jnp.concatenate([bot[1:], top[h - 1 :]]),
-    )
+    With the rows sorted by s, ``T = Y Q^T`` (Householder QR of T^T) gives the lower triangular
+    ``L = diag(e^s) Y`` with the same singular values, Y's rows of unit norm. When Y is well
+    conditioned, each singular value of such a row-graded matrix is fixed to relative accuracy
+    ~eps cond(Y) by its rows (Demmel et al. 1999), and a float64 LAPACK SVD of the rescaled rows
+    attains it (Householder reductions are row-wise backward stable on rows sorted by norm, Cox &
+    Higham 1998; the bidiagonal SVD is relatively accurate), as long as the rows fit float64:
 
+    * a gap of more than MARGIN nats between consecutive s decouples the rows above it from those
+      below, so it is shrunk to MARGIN (each value keeps its distance to its own s);
+    * if the shrunk s still span more than WINDOW nats, the values come WINDOW nats at a time,
+      each batch from the block ``L[a:b, a:b]`` of the rows within MARGIN nats above and below
+      it: ``L[a:, a:]`` is exactly the Schur complement of the rows above in ``L L^T`` (whose
+      small eigenvalues are its own, up to ~e^{-2 MARGIN}), and rows far below change a value by
+      as little.
 
-def jacobi_log_svd(s: jax.Array, t: jax.Array) -> jax.Array:
-    """Log singular values of ``diag(e^s) T`` (k, n), descending, by one-sided Jacobi on the rows.
-
-    Rows are kept as ``e^{s_i} u_i`` with ``||u_i|| = 1``. For a pair with ``s_p >= s_q``,
-    ``rho = e^{s_q - s_p} <= 1`` and cosine ``g = u_p . u_q``, the Jacobi rotation that
-    orthogonalises the rows has ``tan = rho w`` with
-    ``w = -2 g / (1 - rho^2 + sqrt((1 - rho^2)^2 + 4 rho^2 g^2))``, finite for every rho: as
-    rho -> 0 the small row becomes ``u_q - g u_p`` (Gram-Schmidt), as it must, instead of being
-    lost to underflow. Pairs follow the round-robin (Brent & Luk 1985) order: the rows sit in
-    two halves, pair i is (top[i], bottom[i]), and a fixed shuffle between rounds meets every
-    pair once per sweep of m - 1 rounds. Stops when every cosine is below 8 eps sqrt(m).
+    The float64 work is a QR and one SVD of a k x k matrix per window (one below ~200 nats of
+    spread); the previous one-sided Jacobi took 8 sweeps of k^2 / 2 rotations.
 
     Args:
       s: log scales, shape (k,) (-inf for a zero row).
-      t: unit (or zero) rows, shape (k, n).
+      t: unit (or zero) rows, shape (k, n), k <= n.
 
     Returns:
-      Shape (k,): ``log sigma_i`` descending (-inf for zeros). Needs k <= n.
+      Shape (k,), the dtype of s: ``log sigma_i`` descending (-inf for zeros).
     """
-    k, n = t.shape
-    m = k + k % 2  # pad to an even count with a zero row
-    h = m // 2
-    s = jnp.concatenate([s, jnp.full((m - k,), -jnp.inf, s.dtype)])
-    t = jnp.concatenate([t, jnp.zeros((m - k, n), t.dtype)])
-    dtype = t.dtype
-    tol = 8 * jnp.finfo(dtype).eps * np.sqrt(m)
+    k, dtype = s.shape[0], s.dtype
+    order = jnp.argsort(-s)  # -inf (zero rows) last
+    s, t = s[order], t[order]
+    index = jnp.arange(k, dtype=jnp.int32)  # integers made here: int64 is unknown outside x64
+    with jax.enable_x64(True):
+        s, t = s.astype(jnp.float64), t.astype(jnp.float64)
+        live = s > -jnp.inf
+        y = jnp.linalg.qr(jnp.where(live[:, None], t, 0).T, mode="r").T  # (k, k) lower
+        gaps = jnp.minimum(jnp.where(live[1:], s[:-1] - s[1:], MARGIN), MARGIN)
+        shrunk = jnp.where(live[0], s[0], 0) - jnp.concatenate([jnp.zeros(1), jnp.cumsum(gaps)])
+        shift = s - shrunk  # -inf for zero rows
 
-    def rotate(carry, _):
-        (s_top, s_bot), (t_top, t_bot), off = carry
-        swap = s_bot > s_top  # work with (hi, lo) = (larger, smaller) scale
-        hi, lo = jnp.maximum(s_top, s_bot), jnp.minimum(s_top, s_bot)
-        u = jnp.where(swap[:, None], t_bot, t_top)
-        v = jnp.where(swap[:, None], t_top, t_bot)
-        g = jnp.sum(u * v, axis=1)
-        d = jnp.where(jnp.isneginf(hi), -jnp.inf, lo - hi)  # <= 0
-        rho, one_m_rho2 = jnp.exp(d), -jnp.expm1(2 * d)
-        den = one_m_rho2 + jnp.sqrt(one_m_rho2**2 + (2 * rho * g) ** 2)
-        w = jnp.where(den > 0, -2 * g / jnp.where(den > 0, den, 1), 0)
-        c = lax.rsqrt(1 + (rho * w) ** 2)
-        u, v = c[:, None] * (u - (w * rho**2)[:, None] * v), c[:, None] * (w[:, None] * u + v)
-        (u, log_u), (v, log_v) = unit_rows(u), unit_rows(v)
-        hi, lo = hi + log_u, lo + log_v
-        # Each row goes back to its own slot: near convergence the rotations are small, so rows
-        # keep their identity and the schedule meets every pair of rows.
-        s_top, s_bot = jnp.where(swap, lo, hi), jnp.where(swap, hi, lo)
-        t_top = jnp.where(swap[:, None], v, u)
-        t_bot = jnp.where(swap[:, None], u, v)
-        off = jnp.maximum(off, jnp.max(jnp.abs(g)))
-        return (_shuffle(s_top, s_bot), _shuffle(t_top, t_bot), off), None
+        def window(carry):
+            p, out = carry
+            anchor = shrunk[p]
+            rows = live & (shrunk <= anchor + MARGIN) & (shrunk > anchor - WINDOW - MARGIN)
+            batch = live & (index >= p) & (shrunk > anchor - WINDOW)
+            scale = jnp.where(rows, jnp.exp(jnp.where(rows, shrunk - anchor, 0)), 0)
+            sv = jnp.linalg.svd(scale[:, None] * jnp.where(rows[None, :], y, 0), compute_uv=False)
+            rank = jnp.clip(index - jnp.min(jnp.where(rows, index, k)), 0, k - 1)  # from row a
+            value = log0(sv[rank]) + anchor + shift
+            return p + jnp.sum(batch, dtype=jnp.int32), jnp.where(batch, value, out)
 
-    def sweep(carry):
-        s, t, _, i = carry
-        (s, t, off), _ = lax.scan(rotate, (s, t, jnp.zeros((), dtype)), None, length=m - 1)
-        return s, t, off, i + 1
-
-    def more(carry):
-        return (carry[2] > tol) & (carry[3] < MAX_SWEEPS)
-
-    halves = lambda a: (a[:h], a[h:])  # noqa: E731
-    init = (halves(s), halves(t), jnp.asarray(jnp.inf, dtype), 0)
-    (s_top, s_bot), *_ = lax.while_loop(more, sweep, init)
-    # Descending; the zero padding row is never rotated (cosine 0), so it sorts last.
-    return -jnp.sort(-jnp.concatenate([s_top, s_bot]))[:k]
+        n_live = jnp.sum(live, dtype=jnp.int32)
+        init = (jnp.zeros((), jnp.int32), jnp.full((k,), -jnp.inf, jnp.float64))
+        _, out = lax.while_loop(lambda carry: carry[0] < n_live, window, init)
+        return (-jnp.sort(-out)).astype(dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from scipy.special import digamma, polygamma
 
 import gradflow
-from gradflow import inits, spectra
+from gradflow import inits, linalg, spectra
 from gradflow import layers as gl
 from tests.conftest import assert_trees_close
 
@@ -384,6 +384,148 @@ def test_lyapunov_method_is_an_estimate_with_exact_sum():
 
 
 # --------------------------------------------------------------------------------------------
+# The previous exact algorithm (graded QR every layer, one-sided Jacobi), as a slow reference
+
+
+def _jacobi_log_svd(s, t):
+    """Descending log singular values of diag(e^s) T by one-sided Jacobi on its rows in the log
+    domain (Demmel & Veselic 1992; gradflow's final step until the float64 windowed SVD): each
+    rotation from rho = e^{s_lo - s_hi} <= 1 and the cosine g, so a row far below another becomes
+    its Gram-Schmidt remainder instead of underflowing. numpy float64, all pairs, until every
+    cosine is below 8 eps sqrt(k)."""
+    s, t = np.array(s, np.float64), np.array(t, np.float64)
+    tol = 8 * np.finfo(np.float64).eps * np.sqrt(len(s))
+    for _ in range(60):
+        off = 0.0
+        for p in range(len(s)):
+            for q in range(p + 1, len(s)):
+                hi, lo = (p, q) if s[p] >= s[q] else (q, p)
+                if s[lo] == -np.inf:
+                    continue
+                g = t[hi] @ t[lo]
+                off = max(off, abs(g))
+                rho, one_m_rho2 = np.exp(s[lo] - s[hi]), -np.expm1(2 * (s[lo] - s[hi]))
+                w = -2 * g / (one_m_rho2 + np.sqrt(one_m_rho2**2 + (2 * rho * g) ** 2))
+                c = 1 / np.sqrt(1 + (rho * w) ** 2)
+                u, v = c * (t[hi] - w * rho**2 * t[lo]), c * (w * t[hi] + t[lo])
+                for i, row in ((hi, u), (lo, v)):
+                    norm = np.linalg.norm(row)
+                    t[i], s[i] = row / norm, s[i] + np.log(norm)
+        if off < tol:
+            return np.sort(s)[::-1]
+    raise AssertionError("reference Jacobi did not converge")
+
+
+def _graded_qr_log_sv64(jacs):
+    """The previous exact method in numpy float64: P = M diag(e^s) T, and per layer A = J M
+    ordered by s_j + log||A_j||, A = Q R, T <- unit rows of (R_ij e^{s_j - s_i}) T (j >= i; only
+    non-positive exponents by the ordering); then the Jacobi above. Square, full-rank layers."""
+    n = jacs[0].shape[1]
+    m, s, t = np.eye(n), np.zeros(n), np.eye(n)
+    for jac in jacs:
+        a = jac @ m
+        c = np.linalg.norm(a, axis=0)
+        order = np.argsort(-(s + np.log(c)))
+        a, s, t, c = a[:, order], s[order], t[order], c[order]
+        key = s + np.log(c)
+        m, r = np.linalg.qr(a)
+        e = np.triu(r / c * np.exp(np.minimum(key[None, :] - key[:, None], 0)) * c[:, None]) @ t
+        norm = np.linalg.norm(e, axis=1)
+        s, t = s + np.log(norm), e / norm[:, None]
+    return _jacobi_log_svd(s, t)
+
+
+def _qr_diag_log64(jacs):
+    """The Lyapunov method in numpy float64: sorted sum over layers of log|diag R|, unpivoted."""
+    m, s = np.eye(jacs[0].shape[1]), 0.0
+    for jac in jacs:
+        m, r = np.linalg.qr(jac @ m)
+        s = s + np.log(np.abs(np.diag(r)))
+    return np.sort(s)[::-1]
+
+
+@pytest.mark.parametrize("case", ["cluster", "spread", "zero_rows"])
+def test_graded_log_svd_matches_jacobi(case):
+    """The final SVD (float64 LAPACK on the LQ factor, gaps over 40 nats shrunk, 200 nats per
+    window) against the previous Jacobi, on graded matrices it must get right: near-parallel rows
+    within 3 nats (full coupling), 16 rows over ~2,500 nats (several windows), zero rows."""
+    rng = np.random.default_rng(0)
+    k = 16
+    t = rng.standard_normal((k, 18))
+    if case == "cluster":
+        s = rng.uniform(-3, 0, k)
+        t[1::2] = t[::2] + 0.01 * t[1::2]
+    elif case == "spread":  # clusters (0.1 apart) between gaps of 5 to 400 nats
+        s = -np.cumsum(rng.choice([0.1, 0.1, 5, 30, 90, 400], k))
+    else:
+        s = rng.uniform(-60, 60, k)
+        s[[3, 7]], t[[3, 7]] = -np.inf, 0
+    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-30)
+    s32, t32 = jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32)  # shuffled order
+    got = np.asarray(linalg.graded_log_svd(s32, t32))
+    want = _jacobi_log_svd(np.asarray(s32), np.asarray(t32))  # on the same float32 inputs
+    assert got.dtype == np.float32 and np.array_equal(np.isneginf(got), np.isneginf(want))
+    # Both are float64 inside, relative to each value (~1e-13 here); the float32 output rounds
+    # log sigma to 1 ulp (2.4e-4 at -2,500).
+    np.testing.assert_allclose(got, want, rtol=3e-7, atol=1e-6)
+    if case == "cluster":  # spread 3 nats: a plain float64 SVD is accurate too
+        dense = np.log(np.linalg.svd(np.exp(s)[:, None] * np.asarray(t32, np.float64))[1])
+        np.testing.assert_allclose(got, dense, rtol=0, atol=1e-6)
+
+
+def test_depth_1000_matches_previous_algorithm_float64():
+    """Depth 1,000, width 8, tanh: the spectrum spans ~2,000 nats (sigma_min ~ e^-2000), so
+    several SVD windows and shrunk gaps; against the previous exact algorithm and the Lyapunov
+    method, both in numpy float64 from hand-written layer Jacobians."""
+    n, depth = 8, 1_000
+    model, params = _chain(n, depth, "tanh", "gaussian", key=6, sigma_w2=1.5)
+    x = _x(model, 1)
+    jacs = _np_layer_jacobians64("tanh", params, np.asarray(x)[0])
+    got = np.asarray(jsv(model, params, x, log=True))[0]
+    want = _graded_qr_log_sv64(jacs)
+    assert want[0] - want[-1] > 1_000  # far beyond any float
+    # float32 over 1,000 QRs: the bottom two values are off by 0.01 (so was the previous float32
+    # algorithm), the others by <= 5e-4.
+    np.testing.assert_allclose(got, want, atol=3e-2)
+    lyap = np.asarray(jsv(model, params, x, log=True, method="lyapunov"))[0]
+    np.testing.assert_allclose(lyap, _qr_diag_log64(jacs), atol=1e-2)  # as above
+
+
+def test_blocked_folds():
+    """Folding after blocks of layers changes only rounding: blocks of 16 (what the automatic
+    choice takes here) agree with float64 jacfwd on a near-isometric net (orthogonal tanh,
+    spread ~10 nats, so float64 dense resolves it all)."""
+    model, params = _chain(16, 64, "tanh", "orthogonal", key=7, sigma_w2=1.05)  # one scan
+    x = _x(model, 2)
+    got = np.asarray(jsv(model, params, x, log=True, reorth_every=16))
+    # float32, a few eps per QR in log sigma: seen 1e-5.
+    np.testing.assert_allclose(got, _log_sv(_jacfwd64(model, params, x)), atol=1e-4)
+
+
+def test_automatic_block_length():
+    """The automatic fold schedule: orthogonal factors pollute nothing, so blocks grow to
+    MAX_EVERY; Gaussian ones (~0.5-8 nats each) keep a fold per factor. The schedule is shared
+    by the whole vmapped batch, so it is one number for both examples."""
+
+    def block_length(method, factors):
+        acc = linalg.accumulator(method)
+
+        def one(scale):
+            step = lambda state, f: (acc.matrix(state, scale * f), None)  # noqa: E731
+            return jax.lax.scan(step, acc.init(16, jnp.float32), factors)[0].every
+
+        return np.asarray(jax.jit(jax.vmap(one))(jnp.array([1.0, 2.0])))
+
+    keys = jax.random.split(jax.random.key(9), 40)
+    orthogonal = jax.vmap(lambda k: inits.init_dense(k, 16, 16, "orthogonal", 1.0))(keys)
+    gaussian = jax.vmap(lambda k: inits.init_dense(k, 16, 16, "gaussian", 1.0))(keys)
+    for method in ("exact", "lyapunov"):
+        # scale 2 grows the norms by e^0.7 a factor: within SPAN = 30 nats for 16 factors.
+        assert list(block_length(method, orthogonal["w"])) == [linalg.MAX_EVERY] * 2
+        assert list(block_length(method, gaussian["w"])) == [1, 1]
+
+
+# --------------------------------------------------------------------------------------------
 # Summaries
 
 
@@ -427,6 +569,11 @@ def test_bad_input_names_the_problem():
         spectra.layer_jacobians(model, params, x)
     with pytest.raises(ValueError, match="unknown method 'svd'"):
         jsv(model, params, x, method="svd")
+    for bad in (0, 2.5, True, "2"):
+        with pytest.raises(ValueError, match="reorth_every must be None .automatic. or an int"):
+            jsv(model, params, x, reorth_every=bad)
+    with pytest.raises(ValueError, match="reorth_every applies to method='exact' or 'lyapunov'"):
+        jsv(model, params, x, method="dense", reorth_every=2)
     with pytest.raises(ValueError, match="must be floating"):
         jsv(model, params, jnp.ones((2, 6), jnp.int32))
     with pytest.raises(ValueError, match="params do not match this model"):
