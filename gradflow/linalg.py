@@ -22,7 +22,8 @@ Two factorisations (:func:`accumulator`):
   2011). State ``P = M diag(e^s) T`` exactly, with T's rows of unit norm: ``A = J M`` is ordered
   by ``s_j + log||A_j||``, factored ``A = Q' R`` and ``R diag(e^s)`` is folded into the rows of T
   using exponentials of non-positive differences only (no overflow; underflow only of negligible
-  terms). :func:`graded_log_svd` then returns the true ``log sigma_i`` of ``diag(e^s) T``.
+  terms). :func:`gradflow.graded_svd.log_svd` then returns the true ``log sigma_i`` of
+  ``diag(e^s) T`` (float64 windows, or a float32 Jacobi SVD where the backend has no float64).
 
 Both are exact in exact arithmetic however often they fold (the R of a product of factors is the
 product of their R's), so folding is only about rounding. A fold costs ~5 matrix products (LAPACK
@@ -61,6 +62,14 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
+from gradflow.graded_svd import (  # noqa: F401  (graded_log_svd, jacobi_log_svd: re-exported)
+    graded_log_svd,
+    jacobi_log_svd,
+    log0,
+    log_svd,
+    unit_rows,
+)
+
 MAX_EVERY = 16
 """Most factors between two folds: bounds the damage if one layer is far worse than the last."""
 
@@ -72,25 +81,6 @@ at the bottom of the spectrum (width 8, depth 1,000: smallest log sigma off by 0
 
 SPAN = 30.0
 """Nats the column norms of an unfolded product may drift (float32 reaches e^88)."""
-
-MARGIN = 40.0
-"""Nats between two rows of a graded factor beyond which they do not interact: the coupling
-changes a singular value by ~e^{-2 * 40} cond(T)^2 (relative), below float64's eps."""
-
-WINDOW = 200.0
-"""Nats of singular values one float64 SVD resolves; with both margins the scaled rows span 280
-nats, so even their squares (LAPACK's dqds works on squares) stay above float64's e^-708."""
-
-
-def log0(v: jax.Array) -> jax.Array:
-    """``log v`` with ``log 0 = -inf`` and no NaN (nor NaN gradient) at the zeros of a norm."""
-    return jnp.where(v > 0, jnp.log(jnp.where(v > 0, v, 1)), -jnp.inf)
-
-
-def unit_rows(f: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(f / ||f_i||, log ||f_i||)`` row by row; a zero row stays zero with log norm -inf."""
-    norm = jnp.linalg.norm(f, axis=-1)
-    return f / jnp.where(norm > 0, norm, 1)[:, None], log0(norm)
 
 
 @custom_vmap
@@ -148,7 +138,7 @@ def accumulator(
     """The :class:`Accumulator` of ``method`` ("exact" or "lyapunov").
 
     Args:
-      method: "exact" (graded QR, then :func:`graded_log_svd`) or "lyapunov" (QR diagonal).
+      method: "exact" (graded QR, then :func:`log_svd`) or "lyapunov" (QR diagonal).
       fixed_rank: keep the running rank at n_0 (zero-padding) so the state's shapes never change.
       reorth_every: fold (QR) after every k matrix factors; None chooses k from the pollution
         measured at each fold (module docstring). 1 is the most accurate, larger k faster.
@@ -240,7 +230,7 @@ def accumulator(
         if live < s.shape[0]:
             keep = jnp.argsort(-s)[:live]
             s, t = s[keep], t[keep]
-        return graded_log_svd(s, t)
+        return log_svd(s, t)
 
     return Accumulator(init, matrix(fold), scale, log_sv)
 
@@ -266,67 +256,6 @@ def _graded_fold(a, s, t):
     e = r / jnp.where(c > 0, c, 1)[None, :] * jnp.exp(diff) * c[:k, None]
     t, log_norm = unit_rows(e @ t)
     return q, s[:k] + log_norm, t, log0(c[:k]), log0(jnp.abs(jnp.diagonal(r)))
-
-
-# --------------------------------------------------------------------------------------------
-# Singular values of a graded factor
-
-
-def graded_log_svd(s: jax.Array, t: jax.Array) -> jax.Array:
-    """Log singular values of ``diag(e^s) T`` (k, n), descending, each to relative accuracy.
-
-    With the rows sorted by s, ``T = Y Q^T`` (Householder QR of T^T) gives the lower triangular
-    ``L = diag(e^s) Y`` with the same singular values, Y's rows of unit norm. When Y is well
-    conditioned, each singular value of such a row-graded matrix is fixed to relative accuracy
-    ~eps cond(Y) by its rows (Demmel et al. 1999), and a float64 LAPACK SVD of the rescaled rows
-    attains it (Householder reductions are row-wise backward stable on rows sorted by norm, Cox &
-    Higham 1998; the bidiagonal SVD is relatively accurate), as long as the rows fit float64:
-
-    * a gap of more than MARGIN nats between consecutive s decouples the rows above it from those
-      below, so it is shrunk to MARGIN (each value keeps its distance to its own s);
-    * if the shrunk s still span more than WINDOW nats, the values come WINDOW nats at a time,
-      each batch from the block ``L[a:b, a:b]`` of the rows within MARGIN nats above and below
-      it: ``L[a:, a:]`` is exactly the Schur complement of the rows above in ``L L^T`` (whose
-      small eigenvalues are its own, up to ~e^{-2 MARGIN}), and rows far below change a value by
-      as little.
-
-    The float64 work is a QR and one SVD of a k x k matrix per window (one below ~200 nats of
-    spread); the previous one-sided Jacobi took 8 sweeps of k^2 / 2 rotations.
-
-    Args:
-      s: log scales, shape (k,) (-inf for a zero row).
-      t: unit (or zero) rows, shape (k, n), k <= n.
-
-    Returns:
-      Shape (k,), the dtype of s: ``log sigma_i`` descending (-inf for zeros).
-    """
-    k, dtype = s.shape[0], s.dtype
-    order = jnp.argsort(-s)  # -inf (zero rows) last
-    s, t = s[order], t[order]
-    index = jnp.arange(k, dtype=jnp.int32)  # integers made here: int64 is unknown outside x64
-    with jax.enable_x64(True):
-        s, t = s.astype(jnp.float64), t.astype(jnp.float64)
-        live = s > -jnp.inf
-        y = jnp.linalg.qr(jnp.where(live[:, None], t, 0).T, mode="r").T  # (k, k) lower
-        gaps = jnp.minimum(jnp.where(live[1:], s[:-1] - s[1:], MARGIN), MARGIN)
-        shrunk = jnp.where(live[0], s[0], 0) - jnp.concatenate([jnp.zeros(1), jnp.cumsum(gaps)])
-        shift = s - shrunk  # -inf for zero rows
-
-        def window(carry):
-            p, out = carry
-            anchor = shrunk[p]
-            rows = live & (shrunk <= anchor + MARGIN) & (shrunk > anchor - WINDOW - MARGIN)
-            batch = live & (index >= p) & (shrunk > anchor - WINDOW)
-            scale = jnp.where(rows, jnp.exp(jnp.where(rows, shrunk - anchor, 0)), 0)
-            sv = jnp.linalg.svd(scale[:, None] * jnp.where(rows[None, :], y, 0), compute_uv=False)
-            rank = jnp.clip(index - jnp.min(jnp.where(rows, index, k)), 0, k - 1)  # from row a
-            value = log0(sv[rank]) + anchor + shift
-            return p + jnp.sum(batch, dtype=jnp.int32), jnp.where(batch, value, out)
-
-        n_live = jnp.sum(live, dtype=jnp.int32)
-        init = (jnp.zeros((), jnp.int32), jnp.full((k,), -jnp.inf, jnp.float64))
-        _, out = lax.while_loop(lambda carry: carry[0] < n_live, window, init)
-        return (-jnp.sort(-out)).astype(dtype)
 
 
 # --------------------------------------------------------------------------------------------
