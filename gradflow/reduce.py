@@ -8,13 +8,13 @@ per example. On XLA:CPU how a sum is written decides its speed more than its len
   materialised copy of its input (for accuracy), and a variadic one (several arrays summed in
   one ``lax.reduce``) is one chain of dependent adds, about 2 ns an element: strict float order
   forbids reassociating it;
-* a sum over fewer than 32 elements fuses into its producer and costs next to nothing;
 * a sum of blocks of 8 x 8 elements, added as vectors into partial sums, runs at memory speed
   (:func:`lane_sums`): 5x faster than the variadic chain on a 784 x 30 leaf, 50x on rows of 64.
 
-So :func:`sums` picks by the length n of the reduced trailing axes: n < 32 one sum per array;
-n >= 64 blocks of 64 (:func:`lane_sums`); otherwise (and when the kept axes are not leading)
-one variadic reduction. Every path is exact up to float rounding in a different order.
+So :func:`sums` picks by the length n of the reduced trailing axes: n >= 64 blocks of 64
+(:func:`lane_sums`); otherwise (and when the kept axes are not leading) one variadic reduction
+(short sums as single-operand ones read each array once more: workload A of bench/run.py ran 1.2x
+slower with them). Every path is exact up to float rounding in a different order.
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ from jax import lax
 LANES = 8
 """Width of the partial sums :func:`lane_sums` keeps (one float32 AVX register)."""
 
-SHORT = 32
-"""Sums over fewer elements than this are single-operand sums (they fuse, no tree rewrite)."""
-
-
 def sums(*arrays, axes) -> tuple[jax.Array, ...]:
     """Sums over ``axes`` of equal-shape arrays, one per array, by the fastest way for the
     length (module docstring). ``axes=()`` returns the arrays."""
@@ -40,10 +36,7 @@ def sums(*arrays, axes) -> tuple[jax.Array, ...]:
     ndim = arrays[0].ndim
     n_keep = ndim - len(axes)
     if sorted(axes) == list(range(n_keep, ndim)):  # the kept axes lead
-        n = math.prod(arrays[0].shape[n_keep:])
-        if n < SHORT:
-            return tuple(jnp.sum(a, axis=tuple(axes)) for a in arrays)
-        if n >= LANES * LANES:
+        if math.prod(arrays[0].shape[n_keep:]) >= LANES * LANES:
             return lane_sums(arrays, n_keep)
     # A single array is summed beside a ones array: a variadic reduction is never rewritten.
     operands = arrays if len(arrays) > 1 else (*arrays, jnp.ones_like(arrays[0]))
@@ -59,7 +52,7 @@ def lane_sums(arrays, n_keep: int) -> tuple[jax.Array, ...]:
     over its second-to-last axis: blocks of 8 rows added as vectors into ``(*kept, n // 64, 8)``
     partial sums, behind a barrier so that XLA neither folds the two sums back into one chain
     nor rewrites the first as a tree over a materialised copy. Those partial sums and the last
-    ``n % 64`` elements (a sum of fewer than 64, :func:`sums`) are then added up.
+    ``n % 64`` elements (one variadic reduction, :func:`sums`) are then added up.
     """
     kept = arrays[0].shape[:n_keep]
     n = math.prod(arrays[0].shape[n_keep:])

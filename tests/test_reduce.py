@@ -1,4 +1,4 @@
-"""gradflow.reduce.sums: every path (short, variadic, 8 x 8 blocks with and without a tail)
+"""gradflow.reduce.sums: every path (variadic, 8 x 8 blocks with and without a tail)
 equals a float64 sum."""
 
 import jax
@@ -12,11 +12,11 @@ from gradflow.reduce import sums
     "shape, axes",
     [
         ((784, 30), (0, 1)),  # 23,520: 367 blocks of 64, a tail of 32 (variadic)
-        ((3, 50, 41), (1, 2)),  # stacked: one kept axis, 2,050 = 32 blocks + a tail of 2 (short)
+        ((3, 50, 41), (1, 2)),  # stacked: one kept axis, 2,050 = 32 blocks + a tail of 2
         ((2, 4, 256), (2,)),  # per example, no tail
         ((1000, 100), (1,)),  # per example, one block and a tail of 36
-        ((7, 30), (1,)),  # short: one sum per array
-        ((5, 40), (1,)),  # 32 <= n < 64: one variadic reduction
+        ((7, 30), (1,)),  # short: one variadic reduction
+        ((5, 40), (1,)),  # n < 64: one variadic reduction
         ((30, 10), (0,)),  # kept axis last: one variadic reduction
     ],
 )
