@@ -121,6 +121,22 @@ def max_rel_diff(a, b) -> float:
     )
 
 
+def measure(fns: dict, rounds: int, steps: int) -> dict:
+    """Compile each contender, time them interleaved, and check the single-seed results: the
+    recorded run's params bit-equal to the unrecorded one's, and close to the hand loop's."""
+    warm = {name: jax.block_until_ready(f()) for name, f in fns.items()}  # compile
+    row = ratios(*interleaved(fns, rounds))
+    row["steps"] = steps
+    recorded, plain = (jax.tree.leaves(warm[k].params) for k in ("record", "no record"))
+    row["checks"] = {
+        "record vs no record params bit-equal": all(
+            np.array_equal(u, v) for u, v in zip(recorded, plain, strict=True)
+        ),
+        "no record vs hand, max rel diff": max_rel_diff(warm["no record"].params, warm["hand"]),
+    }
+    return row
+
+
 def nielsen(cfg) -> dict:
     ds = gf.data.load("mnist")
     x, y = jnp.asarray(ds.x_train[:1000]), jnp.asarray(ds.y_train[:1000])
@@ -144,21 +160,7 @@ def nielsen(cfg) -> dict:
         "no record": run(0),
         "hand": lambda: hand(params),
     }
-    warm = {name: jax.block_until_ready(f()) for name, f in fns.items()}  # compile
-    row = ratios(*interleaved(fns, cfg["rounds"]))
-    row["steps"] = steps
-    row["checks"] = {
-        "record vs no record params bit-equal": all(
-            np.array_equal(u, v)
-            for u, v in zip(
-                jax.tree.leaves(warm["record"].params),
-                jax.tree.leaves(warm["no record"].params),
-                strict=True,
-            )
-        ),
-        "no record vs hand, max rel diff": max_rel_diff(warm["no record"].params, warm["hand"]),
-    }
-    return row
+    return measure(fns, cfg["rounds"], steps)
 
 
 def nielsen_full(cfg) -> dict:
@@ -190,21 +192,7 @@ def nielsen_full(cfg) -> dict:
         "no record": run(0),
         "hand": lambda: hand(params),
     }
-    warm = {name: jax.block_until_ready(f()) for name, f in fns.items()}
-    row = ratios(*interleaved(fns, cfg["rounds"]))
-    row["steps"] = steps
-    row["checks"] = {
-        "record vs no record params bit-equal": all(
-            np.array_equal(u, v)
-            for u, v in zip(
-                jax.tree.leaves(warm["record"].params),
-                jax.tree.leaves(warm["no record"].params),
-                strict=True,
-            )
-        ),
-        "no record vs hand, max rel diff": max_rel_diff(warm["no record"].params, warm["hand"]),
-    }
-    return row
+    return measure(fns, cfg["rounds"], steps)
 
 
 def wide(cfg) -> dict:

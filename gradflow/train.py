@@ -5,9 +5,11 @@ program: an outer ``lax.scan`` over records and an inner loop over the ``record_
 plain steps between them, so nothing leaves the device until the end. A recording step takes
 its update from the same backward pass that gives the probes
 (:func:`gradflow.probes.norms_from_backward`): recording adds the statistics' reductions and no
-second backward pass. On 2 CPU cores, recording every step still took 1.5x (Nielsen's net,
-batch 10) and 1.26x (8 x 256 tanh, Adam, 16 seeds) the time of not recording, and ~1.0x when
-recording once an epoch (``bench/train_bench.py``). It takes ``(model, params, x, y, ...)``
+second backward pass, with sums that run at memory speed (:mod:`gradflow.reduce`). On 2 (noisy)
+CPU cores, recording every step takes 1.2-1.3x the time of not recording on Nielsen's net at
+batch 10 (~40 small reductions on a 0.15 ms step: XLA:CPU's per-operation cost), 1.1-1.2x on its
+full-batch steps and on 8 x 256 tanh nets under Adam over 16 seeds, and ~1.0x when recording
+once an epoch (``bench/train_bench.py``). It takes ``(model, params, x, y, ...)``
 like every probe, so ``gradflow.sweep`` trains thousands of seeds at once, with
 ``learning_rate``/``weight_decay`` (and ``sigma_w2``) traced.
 
