@@ -28,6 +28,7 @@ from jax import lax
 LANES = 8
 """Width of the partial sums :func:`lane_sums` keeps (one float32 AVX register)."""
 
+
 def sums(*arrays, axes) -> tuple[jax.Array, ...]:
     """Sums over ``axes`` of equal-shape arrays, one per array, by the fastest way for the
     length (module docstring). ``axes=()`` returns the arrays."""
