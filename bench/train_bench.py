@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -49,13 +50,7 @@ FULL = dict(
     wide_seeds=16,
 )
 QUICK = dict(
-    rounds=3,
-    nielsen_epochs=1,
-    full_steps=20,
-    wide_n=256,
-    wide_batch=64,
-    wide_epochs=2,
-    wide_seeds=4,
+    FULL, rounds=3, nielsen_epochs=1, full_steps=20, wide_n=256, wide_epochs=2, wide_seeds=4
 )
 
 
@@ -137,61 +132,41 @@ def measure(fns: dict, rounds: int, steps: int) -> dict:
     return row
 
 
-def nielsen(cfg) -> dict:
+def nielsen(cfg, batch: int | None = 10) -> dict:
+    """Nielsen's [784, 30, 30, 30, 10] sigmoid net on the first 1,000 MNIST digits, network2's
+    update: mini-batches of ``batch`` drawn by ``train``'s key, or with ``batch=None`` full-batch
+    gradient descent (the book's ``fig/generate_gradient.py``, which records every step)."""
     ds = gf.data.load("mnist")
     x, y = jnp.asarray(ds.x_train[:1000]), jnp.asarray(ds.y_train[:1000])
     model = gf.mlp([784, 30, 30, 30, 10], "sigmoid", "nielsen")
-    batch, lr, wd = 10, 0.1, 5.0 / len(x)
-    steps = cfg["nielsen_epochs"] * (len(x) // batch)
+    lr, wd = 0.1, 5.0 / len(x)
     params = model.init(jax.random.key(0))
-    key = jax.random.key(1)
-    kw = dict(steps=steps, optimizer="network2", learning_rate=lr, weight_decay=wd,
-              batch_size=batch, key=key)  # fmt: skip
+    tx = make_optimizer("network2", lr, wd)
+    kw = dict(optimizer="network2", learning_rate=lr, weight_decay=wd)
+    if batch is None:
+        steps = cfg["full_steps"]
+        every = steps // 10  # "epoch": ten records in all
+        loss_fn = get_loss("sigmoid_xent")
+
+        def hand_step(carry, _):
+            p, state = carry
+            grads = jax.grad(lambda q: jnp.mean(loss_fn(model.apply(q, x), y)))(p)
+            updates, state = tx.update(grads, state, p)
+            return (optax.apply_updates(p, updates), state), None
+
+        hand = jax.jit(lambda p: lax.scan(hand_step, (p, tx.init(p)), None, length=steps)[0][0])
+    else:
+        every = len(x) // batch
+        steps = cfg["nielsen_epochs"] * every
+        key = jax.random.key(1)
+        kw.update(batch_size=batch, key=key)
+        loop = hand_loop(model, "sigmoid_xent", tx, x, y, batch, cfg["nielsen_epochs"], key)
+        hand = jax.jit(loop)
 
     def run(k):
-        return lambda: train(model, params, x, y, "sigmoid_xent", record_every=k, **kw)
+        return lambda: train(model, params, x, y, "sigmoid_xent", steps=steps, record_every=k, **kw)
 
-    tx = make_optimizer("network2", lr, wd)
-    hand = jax.jit(hand_loop(model, "sigmoid_xent", tx, x, y, batch, cfg["nielsen_epochs"], key))
-    per_epoch = len(x) // batch
-    fns = {
-        "record": run(1),
-        "epoch": run(per_epoch),
-        "no record": run(0),
-        "hand": lambda: hand(params),
-    }
-    return measure(fns, cfg["rounds"], steps)
-
-
-def nielsen_full(cfg) -> dict:
-    """Nielsen's ``fig/generate_gradient.py`` setting: full-batch gradient descent on 1,000
-    digits (network2's update), the norms recorded at every step, as the book plots them."""
-    ds = gf.data.load("mnist")
-    x, y = jnp.asarray(ds.x_train[:1000]), jnp.asarray(ds.y_train[:1000])
-    model = gf.mlp([784, 30, 30, 30, 10], "sigmoid", "nielsen")
-    steps, lr, wd = cfg["full_steps"], 0.1, 5.0 / len(x)
-    params = model.init(jax.random.key(0))
-    kw = dict(steps=steps, optimizer="network2", learning_rate=lr, weight_decay=wd)
-
-    def run(k):
-        return lambda: train(model, params, x, y, "sigmoid_xent", record_every=k, **kw)
-
-    tx = make_optimizer("network2", lr, wd)
-    loss_fn = get_loss("sigmoid_xent")
-
-    def hand_step(carry, _):
-        p, state = carry
-        grads = jax.grad(lambda q: jnp.mean(loss_fn(model.apply(q, x), y)))(p)
-        updates, state = tx.update(grads, state, p)
-        return (optax.apply_updates(p, updates), state), None
-
-    hand = jax.jit(lambda p: lax.scan(hand_step, (p, tx.init(p)), None, length=steps)[0][0])
-    fns = {
-        "record": run(1),
-        "epoch": run(steps // 10),
-        "no record": run(0),
-        "hand": lambda: hand(params),
-    }
+    fns = {"record": run(1), "epoch": run(every), "no record": run(0), "hand": lambda: hand(params)}
     return measure(fns, cfg["rounds"], steps)
 
 
@@ -238,7 +213,7 @@ def main(argv=None) -> dict:
     cfg = dict(QUICK if args.quick else FULL)
     if args.rounds is not None:
         cfg["rounds"] = args.rounds
-    workloads = {"nielsen": nielsen, "nielsen_full": nielsen_full, "wide": wide}
+    workloads = {"nielsen": nielsen, "nielsen_full": partial(nielsen, batch=None), "wide": wide}
     rows = {}
     print(f"train bench ({jax.devices()[0].device_kind}, {cfg['rounds']} rounds): median ratios")
     for name in args.only.split(","):
