@@ -197,13 +197,12 @@ def _example_sums(arrays, batch_axis):
     return _sums(*arrays, axes=[a for a in range(ndim) if a != batch_axis])
 
 
-def _leaf_sq(p, g, stacked):
-    """(sum p^2, sum g^2) over a leaf, per layer of a stacked leaf ((k,) each) else scalars."""
-    keep = 1 if stacked else 0
-    axes = list(range(keep, p.ndim))
-    if not axes:
-        return jnp.square(p), jnp.square(g)
-    return _sums(jnp.square(p), jnp.square(g), axes=axes)
+def _leaf_sq(leaves, stacked):
+    """Sums of squares of same-shape leaves, per layer of a stacked leaf ((k,) each) else
+    scalars; one pass over all of them."""
+    squares = [jnp.square(a) for a in leaves]
+    axes = list(range(1 if stacked else 0, squares[0].ndim))
+    return tuple(squares) if not axes else _sums(*squares, axes=axes)
 
 
 def _is_bias(path) -> bool:
@@ -231,15 +230,62 @@ def layer_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str
     return norms_from_backward(model, params, x, backward(model, params, x, y, loss))
 
 
+def layer_square_sums(model: Model, trees, x, dtype=jnp.float32):
+    """Per-layer sums of squares of the weights and of the biases of parameter-shaped trees.
+
+    Args:
+      model: the model whose layer grouping (:func:`gradflow.models.leaf_groups`) to use.
+      trees: pytrees with the structure of the model's parameters (parameters, gradients,
+        optimizer updates), read in one pass per leaf.
+      x: an input batch (its shape fixes the grouping of models that need one).
+      dtype: the accumulators' dtype (the squares are added into it).
+
+    Returns:
+      ``(names, sums)``: the L layer names in order of use, and for each tree a pair ``(w_sq,
+      b_sq)`` of (L,) arrays: ``sum ||W||^2`` over the layer's weight leaves and over its
+      biases (NaN where the layer has none).
+    """
+    groups = leaf_groups(model, trees[0], x)
+    flat = [jax.tree_util.tree_flatten_with_path(t)[0] for t in trees]
+    rows = [([], []) for _ in trees]
+    names = []
+    for group in groups:
+        k = len(group.names)
+        zero = jnp.zeros((k,) if group.stacked else (), dtype)
+        acc = [[zero, zero] for _ in trees]
+        has_bias = False
+        for i in group.leaves:
+            is_bias = _is_bias(flat[0][i][0])
+            has_bias |= is_bias
+            for t, sq in enumerate(_leaf_sq([f[i][1] for f in flat], group.stacked)):
+                acc[t][is_bias] = acc[t][is_bias] + sq
+        for t, (w_sq, b_sq) in enumerate(acc):
+            if not has_bias:
+                b_sq = jnp.full_like(b_sq, jnp.nan)
+            rows[t][0].append(jnp.reshape(w_sq, (k,)))
+            rows[t][1].append(jnp.reshape(b_sq, (k,)))
+        names.extend(group.names)
+    order = _use_order(groups)
+    if order is not None:  # scanned runs: their stacked groups interleaved block by block
+        names = [names[i] for i in order]
+
+    def cat(parts):
+        if not parts:
+            return jnp.zeros((0,), dtype)
+        joined = jnp.concatenate(parts)
+        return joined if order is None else joined[order]
+
+    return tuple(names), [(cat(w), cat(b)) for w, b in rows]
+
+
 def norms_from_backward(model: Model, params, x: jax.Array, back) -> LayerGradNorms:
     """:class:`LayerGradNorms` from the outputs of :func:`backward` (callers that also need the
     raw gradients, as :func:`gradflow.diagnose.diagnose` does, run the backward pass once)."""
     value, g_params, g_taps, _, records, specs = back
-    groups = leaf_groups(model, params, x)
-    flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
-    flat_g = jax.tree.leaves(g_params)
-
     dtype = value.dtype  # floating even when x holds token ids
+    names, ((w_sq, b_sq), (gw_sq, gb_sq)) = layer_square_sums(
+        model, (params, g_params), x, dtype
+    )
     # Per tap and example: sum of squares and count of exact zeros, in one read of each array.
     tap_sums = {
         name: _example_sums(
@@ -247,41 +293,12 @@ def norms_from_backward(model: Model, params, x: jax.Array, back) -> LayerGradNo
         )  # fmt: skip
         for name, spec in specs.items()
     }
-    rows = {k: [] for k in ("w", "gw", "b", "gb", "wpe")}
-    names, nan = [], jnp.full((), jnp.nan, dtype)
-    for group in groups:
-        k = len(group.names)
-        zero = jnp.zeros((k,) if group.stacked else (), dtype)
-        acc = {"w": zero, "gw": zero, "b": zero, "gb": zero}
-        has_bias = False
-        for i in group.leaves:
-            path, p = flat_p[i]
-            p_sq, g_sq = _leaf_sq(p, flat_g[i], group.stacked)
-            kind = "b" if _is_bias(path) else "w"
-            has_bias |= kind == "b"
-            acc[kind] = acc[kind] + p_sq
-            acc["g" + kind] = acc["g" + kind] + g_sq
-        if not has_bias:
-            acc["gb"] = jnp.full_like(acc["gb"], jnp.nan)
-        wpe = []
-        for name in group.names:
-            rec, spec = records.get(f"{name}/input_sq"), specs.get(name)
-            if rec is None or spec is None:
-                wpe.append(nan)
-                continue
-            wpe.append(jnp.sqrt(jnp.mean(rec * tap_sums[name][0])))
-        rows["wpe"].append(jnp.stack(wpe))
-        for key in ("w", "gw", "b", "gb"):
-            rows[key].append(jnp.reshape(acc[key], (k,)))
-        names.extend(group.names)
-    cat = lambda key: (  # noqa: E731
-        jnp.concatenate(rows[key]) if rows[key] else jnp.zeros((0,), dtype)
-    )
-    order = _use_order(groups)
-    if order is not None:  # scanned runs: their stacked groups interleaved block by block
-        rows = {k: [jnp.concatenate(v)[order]] if v else v for k, v in rows.items()}
-        names = [names[i] for i in order]
-    w_sq, gw_sq, b_sq, gb_sq = cat("w"), cat("gw"), cat("b"), cat("gb")
+    nan = jnp.full((), jnp.nan, dtype)
+    wpe = []
+    for name in names:  # per-example weight gradients of dense layers tapped under their name
+        rec, spec = records.get(f"{name}/input_sq"), specs.get(name)
+        found = rec is not None and spec is not None
+        wpe.append(jnp.sqrt(jnp.mean(rec * tap_sums[name][0])) if found else nan)
     weights = jnp.sqrt(gw_sq)
     weight_norms = jnp.sqrt(w_sq)
 
@@ -290,19 +307,18 @@ def norms_from_backward(model: Model, params, x: jax.Array, back) -> LayerGradNo
         hidden.append(jnp.sqrt(jnp.mean(d_sq)))
         zeros.append(jnp.sum(n_zero) / g_taps[name].size)
     stack = lambda v: jnp.stack(v) if v else jnp.zeros((0,), dtype)  # noqa: E731
-    n_layers = len(names)
     return LayerGradNorms(
         params=jnp.sqrt(gw_sq + jnp.nan_to_num(gb_sq)),
         weights=weights,
         biases=jnp.sqrt(gb_sq),
-        weights_per_example=cat("wpe"),
+        weights_per_example=stack(wpe),
         weight_norms=weight_norms,
-        param_norms=jnp.sqrt(w_sq + b_sq),
+        param_norms=jnp.sqrt(w_sq + jnp.nan_to_num(b_sq)),
         update_ratio=weights / weight_norms,
         hidden=stack(hidden),
         zero_fraction=stack(zeros),
-        loss=jnp.full((n_layers,), value),
-        names=tuple(names),
+        loss=jnp.full((len(names),), value),
+        names=names,
         hidden_names=tuple(specs),
     )
 

@@ -35,7 +35,13 @@ from jax import lax
 from gradflow import taps
 from gradflow.losses import get_loss
 from gradflow.models import Model
-from gradflow.probes import LayerGradNorms, _is_bias, norms_from_backward, validate
+from gradflow.probes import (
+    LayerGradNorms,
+    _is_bias,
+    layer_square_sums,
+    norms_from_backward,
+    validate,
+)
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "network2")
 """Optimizer names :func:`make_optimizer` knows (see there for each one's update)."""
@@ -255,15 +261,15 @@ def _train(
         params, opt_state, perm = carry
         xb, grads, (norms, *rec), perm = probe(params, s, perm)
         new_params, opt_state, updates = _update(tx, grads, opt_state, params)
-        # ||Delta W^l|| by the probes' own grouping: the updates in the place of the parameters.
-        moved = norms_from_backward(model, updates, xb, (norms.loss[0], updates, {}, {}, {}, {}))
+        # ||Delta W^l||^2 by the probes' own grouping (weights only).
+        _, ((moved_sq, _),) = layer_square_sums(model, (updates,), xb, norms.loss.dtype)
         carry = (new_params, opt_state, perm)
         # Bounds XLA cannot see through, on purpose: it inlines a loop it can count to one
         # trip, and two steps in one loop body compile together, which changed Adam's last bits.
         if record_every > 1:
             start, stop = lax.optimization_barrier((s + 1, s + record_every))
             carry = lax.fori_loop(start, stop, lambda t, c: plain_step(c, t)[0], carry)
-        return carry, (norms, *rec, moved.weight_norms / norms.weight_norms)
+        return carry, (norms, *rec, jnp.sqrt(moved_sq) / norms.weight_norms)
 
     starts = record_every * jnp.arange(steps // record_every)
     (params, opt_state, perm), recs = lax.scan(record_step, carry, starts)
