@@ -283,9 +283,7 @@ def norms_from_backward(model: Model, params, x: jax.Array, back) -> LayerGradNo
     raw gradients, as :func:`gradflow.diagnose.diagnose` does, run the backward pass once)."""
     value, g_params, g_taps, _, records, specs = back
     dtype = value.dtype  # floating even when x holds token ids
-    names, ((w_sq, b_sq), (gw_sq, gb_sq)) = layer_square_sums(
-        model, (params, g_params), x, dtype
-    )
+    names, ((w_sq, b_sq), (gw_sq, gb_sq)) = layer_square_sums(model, (params, g_params), x, dtype)
     # Per tap and example: sum of squares and count of exact zeros, in one read of each array.
     tap_sums = {
         name: _example_sums(
