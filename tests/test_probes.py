@@ -465,3 +465,42 @@ def test_cross_entropy_with_output_activation_is_an_error(loss, key):
     with pytest.raises(ValueError, match="takes logits.*output_activation=None"):
         gradflow.layer_grad_norms(model, model.init(key), x, y, loss)
     layer_grad_norms(model, model.init(key), x, y, "mse")  # mse on sigmoid outputs is fine
+
+
+def test_layer_square_sums_equal_numpy_float64_per_layer():
+    """Weights and biases summed apart, per layer, for several trees in one pass; a scanned run
+    (stacked leaves, one entry per layer) and a bias-free layer (NaN biases)."""
+    from gradflow.probes import layer_square_sums
+
+    deep = gradflow.mlp([5] * 66 + [3], "tanh", "lecun")  # 66 weight layers: a scanned run
+    params = deep.init(jax.random.key(0))
+    twice = jax.tree.map(lambda a: 2 * a, params)
+    x = jnp.ones((2, 5))
+    names, ((w_sq, b_sq), (w2_sq, b2_sq)) = layer_square_sums(deep, (params, twice), x)
+    assert names == tuple(f"layer{l}" for l in range(1, 67))
+    want_w, want_b = [], []
+    for layer in mlp_layers(deep, params):  # {"w", "b"} per layer, in order
+        want_w.append(np.sum(np.asarray(layer["w"], np.float64) ** 2))
+        want_b.append(np.sum(np.asarray(layer["b"], np.float64) ** 2))
+    # float32 squares summed in a different order than numpy's float64: a few ulps.
+    np.testing.assert_allclose(w_sq, want_w, rtol=1e-6)
+    np.testing.assert_allclose(b_sq, want_b, rtol=1e-6)
+    np.testing.assert_allclose(w2_sq, 4 * np.asarray(want_w), rtol=1e-6)
+    np.testing.assert_allclose(b2_sq, 4 * np.asarray(want_b), rtol=1e-6)
+
+    def init(key):
+        return {"proj": {"w": jax.random.normal(key, (5, 4))}, "out": {"w": jnp.ones((4, 2)),
+                "b": jnp.full((2,), 3.0)}}  # fmt: skip
+
+    mine = gradflow.from_apply(
+        init, lambda p, x: x @ p["proj"]["w"] @ p["out"]["w"] + p["out"]["b"][None]
+    )
+    p = mine.init(jax.random.key(1))
+    names, ((w_sq, b_sq),) = layer_square_sums(mine, (p,), x)
+    want = {
+        "proj": (np.sum(np.asarray(p["proj"]["w"], np.float64) ** 2), np.nan),
+        "out": (8.0, 18.0),
+    }
+    for i, name in enumerate(names):
+        np.testing.assert_allclose([w_sq[i], b_sq[i]], want[name], rtol=1e-6)
+    assert set(names) == {"proj", "out"}
