@@ -60,6 +60,25 @@ def test_serial_scans_long_runs_only_and_names_them(key):
     assert list(specs) == ["b1", "b2", "b3", "b4", "b5"]
 
 
+@pytest.mark.parametrize("width", [6, 160])  # 160 x 160 > BATCH_INIT_MAX: drawn one by one
+def test_unrolled_runs_draw_each_layer_from_its_own_key(width, key):
+    """A serial draws its runs of identical small layers in one vectorised draw: bit for bit the
+    numbers each layer draws alone from its own key (rng.split of the serial's key)."""
+    from gradflow import rng, serial
+
+    assert (width * width <= serial.BATCH_INIT_MAX) == (width == 6)
+    block = lambda: gl.serial(gl.dense(width, "gaussian", sigma_b2=0.1), gl.activation("tanh"))  # noqa: E731
+    blocks = [block() for _ in range(5)]
+    params = gl.serial(*blocks, scan=False).init(key, (4,), {})
+    keys = rng.split(key, 5)
+    shapes = [(4,)] + [(width,)] * 4
+    for i, (b, k, shape) in enumerate(zip(blocks, keys, shapes, strict=True)):
+        alone = b.init(k, shape, {})
+        for got, want in zip(jax.tree.leaves(params[i]), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(params[1]["w"], params[2]["w"])  # distinct keys, distinct draws
+
+
 def test_bad_layer_input():
     with pytest.raises(ValueError, match="scan must be 'auto', True, False or an int >= 2"):
         gl.serial(gl.dense(3), scan=1)
