@@ -41,7 +41,7 @@ import numpy as np
 from gradflow.groups import LeafGroup, path_groups, path_str
 from gradflow.models import Model, leaf_groups
 from gradflow.probes import _is_bias, _use_order
-from gradflow.reduce import sums as _sums
+from gradflow.reduce import square_sums
 from gradflow.writers import JsonlWriter, TensorBoardWriter  # noqa: F401  (re-exported)
 
 GLOBAL = "global"
@@ -196,13 +196,9 @@ def _widen(a):
 
 
 def _leaf_sums(arrays, stacked: bool) -> tuple[jax.Array, ...]:
-    """Sums of squares of same-shape leaves: per layer (shape (k,)) of a stacked leaf, else ()."""
-    squares = [jnp.square(_widen(a)) for a in arrays]
-    axes = list(range(1 if stacked else 0, squares[0].ndim))
-    if len({s.dtype for s in squares}) > 1:  # one variadic reduction needs one dtype
-        dtype = functools.reduce(jnp.promote_types, [s.dtype for s in squares])
-        squares = [s.astype(dtype) for s in squares]
-    return tuple(squares) if not axes else _sums(*squares, axes=axes)
+    """Sums of squares of same-shape leaves, widened to float32 at least: per layer (shape (k,))
+    of a stacked leaf, else ()."""
+    return square_sums([_widen(a) for a in arrays], int(stacked))
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import numpy as np
 from gradflow import precision, taps
 from gradflow.losses import check_targets, get_loss
 from gradflow.models import Model, check_inputs, check_params, leaf_groups
+from gradflow.reduce import square_sums
 from gradflow.reduce import sums as _sums
 
 BIAS_NAMES = frozenset({"b", "bias", "beta", "offset"})
@@ -197,14 +198,6 @@ def _example_sums(arrays, batch_axis):
     return _sums(*arrays, axes=[a for a in range(ndim) if a != batch_axis])
 
 
-def _leaf_sq(leaves, stacked):
-    """Sums of squares of same-shape leaves, per layer of a stacked leaf ((k,) each) else
-    scalars; one pass over all of them."""
-    squares = [jnp.square(a) for a in leaves]
-    axes = list(range(1 if stacked else 0, squares[0].ndim))
-    return tuple(squares) if not axes else _sums(*squares, axes=axes)
-
-
 def _is_bias(path) -> bool:
     last = path[-1] if path else None
     key = getattr(last, "key", getattr(last, "name", None))
@@ -257,7 +250,7 @@ def layer_square_sums(model: Model, trees, x, dtype=jnp.float32):
         for i in group.leaves:
             is_bias = _is_bias(flat[0][i][0])
             has_bias |= is_bias
-            for t, sq in enumerate(_leaf_sq([f[i][1] for f in flat], group.stacked)):
+            for t, sq in enumerate(square_sums([f[i][1] for f in flat], int(group.stacked))):
                 acc[t][is_bias] = acc[t][is_bias] + sq
         for t, (w_sq, b_sq) in enumerate(acc):
             if not has_bias:

@@ -19,6 +19,7 @@ slower with them). Every path is exact up to float rounding in a different order
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -44,6 +45,17 @@ def sums(*arrays, axes) -> tuple[jax.Array, ...]:
     init = tuple(jnp.zeros((), a.dtype) for a in operands)
     add = lambda xs, ys: tuple(a + b for a, b in zip(xs, ys, strict=True))  # noqa: E731
     return tuple(lax.reduce(operands, init, add, tuple(axes)))[: len(arrays)]
+
+
+def square_sums(arrays, keep: int = 0) -> tuple[jax.Array, ...]:
+    """Sums of squares of equal-shape arrays over every axis after the first ``keep`` (a stacked
+    leaf's layers with ``keep=1``), all read in one pass by :func:`sums`; with no axis left, the
+    squares. Squares of different dtypes are first promoted to one (one reduction, one dtype)."""
+    squares = [jnp.square(a) for a in arrays]
+    if len({q.dtype for q in squares}) > 1:
+        dtype = functools.reduce(jnp.promote_types, [q.dtype for q in squares])
+        squares = [q.astype(dtype) for q in squares]
+    return sums(*squares, axes=tuple(range(keep, squares[0].ndim)))
 
 
 def lane_sums(arrays, n_keep: int) -> tuple[jax.Array, ...]:
