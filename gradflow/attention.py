@@ -104,6 +104,7 @@ def attention(
         _, d = _check_sequence("attention", in_shape, n_heads)
         w2 = hyper.get("sigma_w2", sw2) if init == "gaussian" else sw2
         w = rng.normal(key, (4, d, d), jnp.float32) * jnp.sqrt(w2 / d).astype(jnp.float32)
+        w = rng.once(w)  # drawn once, not again inside each slice and consumer (rng.once)
         return {"wq": w[0], "wk": w[1], "wv": w[2], "wo": w[3]}
 
     def apply(params, x):
@@ -158,7 +159,7 @@ def embedding(vocab: int, d: int, *, name: str | None = None) -> Layer:
 
     def init(key, in_shape, hyper):
         out_shape(in_shape)
-        return {"table": rng.normal(key, (vocab, d), jnp.float32)}
+        return {"table": rng.once(rng.normal(key, (vocab, d), jnp.float32))}
 
     def apply(params, x):
         if not jnp.issubdtype(x.dtype, jnp.integer):
@@ -203,7 +204,7 @@ def positional(seq_len: int, d: int, *, name: str | None = None) -> Layer:
 
     def init(key, in_shape, hyper):
         out_shape(in_shape)
-        return {"pos": POSITION_STD * rng.normal(key, (seq_len, d), jnp.float32)}
+        return {"pos": rng.once(POSITION_STD * rng.normal(key, (seq_len, d), jnp.float32))}
 
     def apply(params, x):
         return x + params["pos"][None]
