@@ -58,6 +58,14 @@ def _key_words(key):
     return data[0], data[1]
 
 
+def _own_words(key):
+    """The key's two words, each computed once (:func:`once`): a draw's kernel then reads its key
+    as an input instead of fusing in the split and slice that made it, so the draws of every
+    layer of one shape are the same kernel, which XLA compiles once and reuses."""
+    k1, k2 = _key_words(key)
+    return once(k1), once(k2)
+
+
 def _bits(words, shape, transpose=False):
     """32 random bits per element, as ``jax.random.bits`` draws them (partitionable mode); with
     ``transpose`` the same bits for a 2-d ``shape``, transposed."""
@@ -117,7 +125,7 @@ def uniform(
 
 @partial(jax.jit, static_argnums=(1, 4))
 def _uniform(key, shape, minval, maxval, transpose):
-    return _uniform_from(_key_words(key), shape, minval, maxval, transpose)
+    return _uniform_from(_own_words(key), shape, minval, maxval, transpose)
 
 
 def normal(key: jax.Array, shape, dtype=None, *, transpose: bool = False) -> jax.Array:
@@ -137,7 +145,7 @@ def normal(key: jax.Array, shape, dtype=None, *, transpose: bool = False) -> jax
 @partial(jax.jit, static_argnums=(1, 2))
 def _normal(key, shape, transpose):
     lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
-    u = _uniform_from(_key_words(key), shape, lo, 1.0, transpose)
+    u = _uniform_from(_own_words(key), shape, lo, 1.0, transpose)
     return np.float32(np.sqrt(2)) * lax.erf_inv(u)
 
 
@@ -156,7 +164,7 @@ def split(key: jax.Array, num: int = 2) -> jax.Array:
 
 @partial(jax.jit, static_argnums=1)
 def _split(key, num):
-    k1, k2 = _key_words(key)
+    k1, k2 = _own_words(key)
     counts = lax.iota(jnp.uint32, num)
     b1, b2 = _threefry2x32(k1, k2, jnp.zeros_like(counts), counts)
     data = jnp.stack([b1, b2], axis=-1)

@@ -138,3 +138,25 @@ def test_a_sweep_draws_each_parameter_once():
     draws = _hash_kernels(jax.vmap(model.init), keys)
     assert draws > 0
     assert _hash_kernels(jax.vmap(probe), keys) == draws
+
+
+def test_every_layer_of_one_shape_draws_with_the_same_kernel():
+    """Each draw reads its key as an input (rng._own_words), so the key splits and draws of all
+    layers of one shape are one kernel that XLA compiles once (a depth-50 width-256 sweep
+    compiled 19 -> 15 s): the count of distinct hash kernels does not grow with depth."""
+    import re
+
+    def distinct(depth):
+        model = gradflow.mlp([160] * (depth + 1), "tanh", "gaussian")  # 160^2 > BATCH_INIT_MAX
+        keys = jax.random.split(jax.random.key(0), 4)
+        text = jax.jit(jax.vmap(model.init)).lower(keys).compile().as_text()
+        comps = re.split(r"\n(?=%?\S+ \(.*\) -> .* \{)", text)
+        bodies = set()
+        for comp in comps:
+            if comp.count(" xor(") >= 10:
+                comp = re.sub(r", metadata=\{[^}]*\}", "", comp)
+                comp = re.sub(r"param_\d+(\.\d+)?", "p", re.sub(r"%[\w.\-]+", "%v", comp))
+                bodies.add(comp)  # instruction and parameter names do not matter
+        return len(bodies)
+
+    assert distinct(8) == distinct(3)
