@@ -134,16 +134,26 @@ def serial(*layers: Layer, name: str | None = None, scan: bool | int = "auto") -
 
     def walk_fn(params, x1, step, state):
         seg_list = segs(tuple(x1.shape))
-        for s, p in zip(seg_list, unpack_params(params, seg_list, layers), strict=True):
-            child = layers[s.start]
-            if s.scanned:
-
-                def body(carry, p_i, child=child):
-                    return walk(child, p_i, carry[0], step, carry[1]), None
-
-                (x1, state), _ = jax.lax.scan(body, (x1, state), p)
+        seg_params = unpack_params(params, seg_list, layers)
+        # A scanned run, and a run of identical unscanned layers (params stacked for the walk),
+        # walk as one lax.scan: the program holds one copy of the step (a QR fold for the
+        # spectra), so a depth-50 walk compiles like a depth-1 one.
+        for run in _init_runs(seg_list, layers):
+            first = seg_list[run[0]]
+            child = layers[first.start]
+            if first.scanned:
+                p = seg_params[run[0]]
+            elif len(run) > 1 and child.has_params:
+                p = jax.tree.map(lambda *a: jnp.stack(a), *(seg_params[j] for j in run))
             else:
-                x1, state = walk(child, p, x1, step, state)
+                for j in run:
+                    x1, state = walk(layers[seg_list[j].start], seg_params[j], x1, step, state)
+                continue
+
+            def body(carry, p_i, child=child):
+                return walk(child, p_i, carry[0], step, carry[1]), None
+
+            (x1, state), _ = jax.lax.scan(body, (x1, state), p)
         return x1, state
 
     fm_ok = all(l.apply_fm is not None for l in layers)

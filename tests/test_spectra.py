@@ -265,6 +265,27 @@ def test_exact_with_scanned_bottleneck_blocks():
     _check_exact(np.asarray(jsv(model, params, x, log=True))[:, :2], ref[:, :2])  # as above
 
 
+def test_unscanned_identical_layers_walk_as_one_scan():
+    """Below SCAN_MIN an MLP's layers are unscanned (params one entry per layer), but the walk
+    stacks the params of identical neighbours and scans them: the traced program, and so the
+    compile time, does not grow with depth (depth 50, width 128: compile 7.3 -> 1.6 s). The
+    numbers are checked against float64 jacfwd by the tests above, on such unscanned MLPs."""
+
+    def walked(depth):  # lines of the traced program, sub-jaxprs included
+        model = gradflow.mlp([8] * (depth + 1), "tanh", "gaussian", sigma_w2=1.5)
+        assert len(_init(model, 0)) == depth  # unscanned: one params entry per layer
+        closed = jax.make_jaxpr(
+            lambda p: spectra._stable_log_spectra.__wrapped__(
+                spectra._Net(model.net), p, _x(model, 2), "exact", None
+            )
+        )(_init(model, 0))
+        return str(closed).count("\n")
+
+    # Nine more layers add only the stacking of their params (a few lines each; walked one by
+    # one, each layer added ~75).
+    assert walked(12) - walked(3) <= 4 * 9
+
+
 def test_from_apply_model_dense():
     def init(key):
         k1, k2 = jax.random.split(key)
