@@ -273,8 +273,9 @@ def _leaf_walk(layer, params, x1, step, state):
 def walk(layer: Layer, params, x1: jax.Array, step: Callable, state: Any):
     """Run one example through ``layer``, ``state = step(state, J)`` at every leaf layer.
 
-    ``J`` is the leaf's Jacobian (array (out, in) or :class:`Diag`); scanned runs of a serial
-    walk as one ``lax.scan``, so depth costs no compile time. Containers other than serial
+    ``J`` is the leaf's Jacobian (array (out, in) or :class:`Diag`); a serial's runs of identical
+    layers (scanned, or unscanned with their params stacked) walk as one ``lax.scan``, so depth
+    costs no compile time. Containers other than serial
     (residual) are leaves with their own closed-form Jacobian.
 
     Returns: ``(y1, state)``.
