@@ -38,8 +38,9 @@ too much for float32 blocks, so a fold per layer is the floor in float32.
 (:func:`spectrum_summary`, :func:`spectral_density`, re-exported here). Diagonal factors
 scale the running factor without a QR, so an MLP layer (dense, tap, phi) costs one QR. Runs of
 identical layers, scanned or not (the walk stacks an unscanned run's params), are walked by one
-``lax.scan`` (depth 10,000 compiles to one loop, depth 50 like depth 1), and each function is one jitted program per structure (``model.net.spec``) and input shape. Every
-public function takes ``(model, params, x, ...)`` for one seed; ``gradflow.sweep`` adds seeds.
+``lax.scan`` (depth 10,000 compiles to one loop, depth 50 like depth 1), and each function is
+one jitted program per structure (``model.net.spec``) and input shape. Every public function
+takes ``(model, params, x, ...)`` for one seed; ``gradflow.sweep`` adds seeds.
 
 References: Pennington, Schoenholz & Ganguli 2017 (arXiv:1711.04735); Saxe et al. 2014
 (arXiv:1312.6120); Newman 1986 and Cohen & Newman 1984 (Lyapunov exponents of Gaussian
