@@ -59,11 +59,11 @@ def _key_words(key):
 
 
 def _own_words(key):
-    """The key's two words, each computed once (:func:`once`): a draw's kernel then reads its key
+    """The key's two words, computed once (:func:`once`): a draw's kernel then reads its key
     as an input instead of fusing in the split and slice that made it, so the draws of every
     layer of one shape are the same kernel, which XLA compiles once and reuses."""
-    k1, k2 = _key_words(key)
-    return once(k1), once(k2)
+    words = once(jnp.stack(_key_words(key)))
+    return words[0], words[1]
 
 
 def _bits(words, shape, transpose=False):

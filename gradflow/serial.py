@@ -84,7 +84,7 @@ def serial(*layers: Layer, name: str | None = None, scan: bool | int = "auto") -
             keys = {i: split[j] for j, i in enumerate(with_params)}
         seg_list = segs(tuple(in_shape))
         drawn = {}  # segment index -> its params
-        for run in _init_runs(seg_list, layers):
+        for run in _identical_runs(seg_list, layers):
             first = seg_list[run[0]]
             child = layers[first.start]
             if not child.has_params:
@@ -138,7 +138,7 @@ def serial(*layers: Layer, name: str | None = None, scan: bool | int = "auto") -
         # A scanned run, and a run of identical unscanned layers (params stacked for the walk),
         # walk as one lax.scan: the program holds one copy of the step (a QR fold for the
         # spectra), so a depth-50 walk compiles like a depth-1 one.
-        for run in _init_runs(seg_list, layers):
+        for run in _identical_runs(seg_list, layers):
             first = seg_list[run[0]]
             child = layers[first.start]
             if first.scanned:
@@ -180,9 +180,10 @@ def _small(draw, key) -> bool:
     return all(math.prod(a.shape) <= BATCH_INIT_MAX for a in jax.tree.leaves(shapes))
 
 
-def _init_runs(seg_list, layers):
+def _identical_runs(seg_list, layers):
     """Indices of consecutive unscanned segments whose layers are identical (same spec and input
-    shape), grouped; a scanned segment is a group of its own."""
+    shape), grouped; a scanned segment is a group of its own. The init draws such a run in one
+    vectorised draw; the walk scans it."""
     runs = []
     for j, s in enumerate(seg_list):
         prev = seg_list[runs[-1][-1]] if runs else None

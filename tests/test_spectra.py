@@ -274,12 +274,10 @@ def test_unscanned_identical_layers_walk_as_one_scan():
     def walked(depth):  # lines of the traced program, sub-jaxprs included
         model = gradflow.mlp([8] * (depth + 1), "tanh", "gaussian", sigma_w2=1.5)
         assert len(_init(model, 0)) == depth  # unscanned: one params entry per layer
-        closed = jax.make_jaxpr(
-            lambda p: spectra._stable_log_spectra.__wrapped__(
-                spectra._Net(model.net), p, _x(model, 2), "exact", None
-            )
-        )(_init(model, 0))
-        return str(closed).count("\n")
+        x = _x(model, 2)
+        return str(jax.make_jaxpr(lambda p: jsv(model, p, x, log=True))(_init(model, 0))).count(
+            "\n"
+        )
 
     # Nine more layers add only the stacking of their params (a few lines each; walked one by
     # one, each layer added ~75).
