@@ -14,8 +14,6 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -214,30 +212,10 @@ class SeedCost(NamedTuple):
     flops: float
 
 
-_SEED_COSTS: dict = {}  # (fn, model, static options, shapes) -> SeedCost
-
-
-def seed_cost(fn, model, args, kwargs, hyper, grid, init_names) -> SeedCost:
-    """One seed's :class:`SeedCost`, traced once per signature (repeated sweeps pay nothing)."""
-    values = {k: jnp.asarray(np.ravel(v)[0]) for k, v in {**hyper, **grid}.items()}
-    signature = (
-        fn, model, tuple(sorted(kwargs.items())),
-        tuple((np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in args),
-        tuple((k, v.dtype) for k, v in sorted(values.items())),
-    )  # fmt: skip
-    cost = _SEED_COSTS.get(signature)
-    if cost is None:
-
-        def one(key):
-            params = model.init(key, **{k: v for k, v in values.items() if k in init_names})
-            fn_kw = {k: v for k, v in values.items() if k not in init_names}
-            return fn(model, params, *args, **fn_kw, **kwargs)
-
-        closed = jax.make_jaxpr(one)(jax.random.key(0))
-        out = sum(math.prod(a.shape) * a.dtype.itemsize for a in closed.out_avals) + 8
-        cost = SeedCost(out, traced_bytes(closed), matmul_flops(closed.jaxpr))
-        _SEED_COSTS[signature] = cost
-    return cost
+def seed_cost(closed_jaxpr) -> SeedCost:
+    """One seed's :class:`SeedCost`, read off the closed jaxpr of its program."""
+    out = sum(math.prod(a.shape) * a.dtype.itemsize for a in closed_jaxpr.out_avals) + 8
+    return SeedCost(out, traced_bytes(closed_jaxpr), matmul_flops(closed_jaxpr.jaxpr))
 
 
 def matmul_flops(jaxpr) -> float:

@@ -83,8 +83,8 @@ def sweep(
     each process its own seeds and ``run_dir`` and gather the results (docs/scale.md).
     """
     precision = matmul_precision(precision)  # checked before any work
-    job = _prepare(fn, model, keys, args, kwargs, hyper, None, devices, vmap_size)
-    with precision:
+    with precision:  # the seed's program is traced in _prepare: at the chosen precision
+        job = _prepare(fn, model, keys, args, kwargs, hyper, None, devices, vmap_size)
         return _execute(job, chunk_size, memory, run_dir, quiet, "sweep")
 
 
@@ -128,8 +128,8 @@ def grid_sweep(
     if not isinstance(grid, dict) or not grid:
         raise ValueError(f"grid must be a non-empty dict name -> 1-d values, got {grid!r:.80}")
     precision = matmul_precision(precision)  # checked before any work
-    job = _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size)
-    with precision:
+    with precision:  # the seed's program is traced in _prepare: at the chosen precision
+        job = _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size)
         return _execute(job, chunk_size, memory, run_dir, quiet, "grid_sweep")
 
 

@@ -21,8 +21,8 @@ def _dot_precisions(text: str) -> set[str]:
 
 def _lowered_chunk(precision: str) -> str:
     sw = gf.sweep_engine
-    job = sw._prepare(gf.layer_grad_norms, MODEL, 4, (X, Y), {"loss": "mse"}, None, None, None)
-    with matmul_precision(precision):
+    with matmul_precision(precision):  # as gf.sweep does: the seed's program is traced here
+        job = sw._prepare(gf.layer_grad_norms, MODEL, 4, (X, Y), {"loss": "mse"}, None, None, None)
         return sw._run_chunk.lower(*sw._specs(job, 4), **job.static).as_text()
 
 

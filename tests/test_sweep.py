@@ -124,6 +124,24 @@ def test_chunked_equals_unchunked(chunk_size):
     assert_trees_close(chunked, full, rtol=RTOL)
 
 
+def test_a_sweep_traces_its_function_once():
+    """One trace of one seed sizes the chunks and is the program every chunk evaluates: the
+    model's Python runs once per sweep signature, not again for the chunk (or its memory plan)."""
+    calls = []
+
+    def counted(model, params, x, y, loss):
+        calls.append(1)
+        return gradflow.layer_grad_norms(model, params, x, y, loss=loss)
+
+    out = sweep(counted, MODEL, N, X, Y, loss="xent", chunk_size=4)
+    assert len(calls) == 1
+    direct = sweep(gradflow.layer_grad_norms, MODEL, N, X, Y, loss="xent", chunk_size=4)
+    assert_trees_close(out, direct, rtol=0)  # the same program: bit for bit
+    sweep(counted, MODEL, 2 * N, X, Y, loss="xent", chunk_size=4)  # more seeds: no new trace
+    gradflow.grid_sweep(counted, MODEL_GAUSSIAN, 2, X, Y, loss="xent", grid={"sigma_w2": [1, 2]})
+    assert len(calls) == 2  # another model and a grid value: one more
+
+
 def test_int_keys_equal_explicit_key_arrays():
     def run(keys):
         return sweep(gradflow.layer_grad_norms, MODEL, keys, X, Y, loss="xent")
