@@ -134,14 +134,17 @@ def grid_sweep(
 
 
 def auto_chunk_size(
-    fn, model, keys, *args, memory=None, devices=None, hyper=None, grid=None, **kwargs
-) -> ChunkChoice:
-    """The chunk ``sweep(..., chunk_size="auto", memory=memory)`` would use (same arguments).
+    fn, model, keys, *args, memory=None, devices=None, hyper=None, grid=None,
+    precision: str = "highest", **kwargs,
+) -> ChunkChoice:  # fmt: skip
+    """The chunk ``sweep(..., chunk_size="auto", memory=memory)`` would use (same arguments,
+    so the same program: ``precision`` as for :func:`sweep`).
 
     Compiles the chunk function at two small chunk sizes, fits bytes = a + b * chunk to their
     ``memory_analysis()`` (arguments + outputs + temporaries), and takes the largest multiple of
     the device count within budget, capped at the number of seeds (times grid points). Default
     budget: 80% of an accelerator's memory, or on CPU half the RAM split across the devices.
     """
-    job = _prepare(fn, model, keys, args, kwargs, hyper, grid, devices)
-    return _auto_chunk(job, memory)[0]
+    with matmul_precision(precision):
+        job = _prepare(fn, model, keys, args, kwargs, hyper, grid, devices)
+        return _auto_chunk(job, memory)[0]

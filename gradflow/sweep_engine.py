@@ -68,59 +68,50 @@ class _Job(NamedTuple):
         return math.prod(self.grid_shape) * self.key_data.shape[0]
 
 
-class _SeedProgram:
-    """One seed's program, traced once: ``(key_data, item, args, hyper) -> fn's result``.
+@partial(jax.jit, static_argnames=("fn", "model", "kwargs", "impl", "init_names"))
+def _one_seed(key_data, item, args, hyper, *, fn, model, kwargs, impl, init_names):
+    """One seed's result: its network drawn from ``key_data`` (and the init's hyperparameters
+    among ``hyper`` and the grid ``item``), then ``fn(model, params, *args, ...)``."""
+    values = {**hyper, **item}
+    init_kw = {k: v for k, v in values.items() if k in init_names}
+    fn_kw = {k: v for k, v in values.items() if k not in init_names}
+    params = model.init(jax.random.wrap_key_data(key_data, impl=impl), **init_kw)
+    return fn(model, params, *args, **fn_kw, **dict(kwargs))
 
-    ``closed`` is its closed jaxpr (what :func:`gradflow.memory.seed_cost` reads), ``out_tree``
-    the structure of its result. A chunk evaluates the jaxpr under ``vmap`` instead of tracing
-    the model's Python again (a transformer sweep's first call traced 5.9 s, now 2.5 s).
-    Compared by identity: :func:`_seed_program` returns the same object for the same sweep, so
-    ``jit`` finds its compiled chunks again.
+
+class _SeedProgram:
+    """:func:`_one_seed`'s closed jaxpr for one sweep: ``(key_data, item, args, hyper) ->
+    result``, traced once from abstract inputs shaped like one seed's share of a chunk (shape,
+    dtype and weak type, which decides type promotion).
+
+    :func:`gradflow.memory.seed_cost` reads it, and every chunk evaluates it under ``vmap``
+    instead of tracing the model's Python again. ``jit``'s trace cache holds the jaxpr: the
+    same sweep under the same configuration (precision, x64, promotion rules...) finds the same
+    jaxpr, so programs compare equal and ``_run_chunk`` finds its compiled chunks again; any
+    change of configuration, or ``jax.clear_caches()``, traces afresh.
     """
 
-    def __init__(self, closed, out_tree):
-        self.closed, self.out_tree = closed, out_tree
-        self.run = jaxpr_as_fun(closed)
+    def __init__(self, key_data, item, args, hyper, **static):
+        avals = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, weak_type=_weak(a)),
+            (key_data, item, args, hyper),
+        )
+        traced = _one_seed.trace(*avals, **static)
+        self.closed, self.in_tree = traced.jaxpr, jax.tree.structure(avals)
+        self.out_tree = jax.tree.structure(traced.out_info)
+        self.run = jaxpr_as_fun(self.closed)
 
     def __call__(self, key_data, item, args, hyper):
-        leaves = self.run(*jax.tree.leaves((key_data, item, args, hyper)))
-        return jax.tree.unflatten(self.out_tree, leaves)
+        leaves, tree = jax.tree.flatten((key_data, item, args, hyper))
+        if tree != self.in_tree:
+            raise AssertionError(f"sweep inputs {tree} differ from the traced {self.in_tree}")
+        return jax.tree.unflatten(self.out_tree, self.run(*leaves))
 
+    def __eq__(self, other):
+        return isinstance(other, _SeedProgram) and self.closed is other.closed
 
-_PROGRAMS: dict = {}  # signature -> _SeedProgram, the most recent few
-_MAX_PROGRAMS = 32  # bounded: a jaxpr holds the constants its functions close over
-
-
-def _seed_program(fn, model, kwargs, impl, init_names, key_data, item, args, hyper):
-    """The :class:`_SeedProgram` of one seed, traced from abstract inputs shaped like one seed's
-    share of a chunk (shape, dtype and weak type, which decides type promotion)."""
-    avals = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, weak_type=_weak(a)),
-        (key_data, item, args, hyper),
-    )
-    config = (  # what changes a trace: the precision, x64, rank promotion, the default PRNG
-        jax.config.jax_default_matmul_precision, jax.config.jax_enable_x64,
-        jax.config.jax_numpy_rank_promotion, jax.config.jax_default_prng_impl,
-    )  # fmt: skip
-    leaves, tree = jax.tree.flatten(avals)
-    shapes = tuple((a.shape, a.dtype, a.weak_type) for a in leaves)
-    signature = (fn, model, kwargs, impl, init_names, tree, shapes, config)
-    program = _PROGRAMS.pop(signature, None)
-    if program is None:
-
-        def one(key_data, item, args, hyper):
-            values = {**hyper, **item}
-            init_kw = {k: v for k, v in values.items() if k in init_names}
-            fn_kw = {k: v for k, v in values.items() if k not in init_names}
-            params = model.init(jax.random.wrap_key_data(key_data, impl=impl), **init_kw)
-            return fn(model, params, *args, **fn_kw, **dict(kwargs))
-
-        closed, shapes = jax.make_jaxpr(one, return_shape=True)(*avals)
-        program = _SeedProgram(closed, jax.tree.structure(shapes))
-        while len(_PROGRAMS) >= _MAX_PROGRAMS:
-            _PROGRAMS.pop(next(iter(_PROGRAMS)))
-    _PROGRAMS[signature] = program  # most recently used last
-    return program
+    def __hash__(self):
+        return id(self.closed)
 
 
 def _weak(a) -> bool:
@@ -210,7 +201,10 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
     kwargs = tuple(sorted(kwargs.items()))
     # One trace of one seed (cached per signature) sizes the results and the default chunks,
     # and is the program every chunk evaluates.
-    program = _seed_program(fn, model, kwargs, impl, init_names, one_key, one_item, args, hyper)
+    program = _SeedProgram(
+        one_key, one_item, args, hyper, fn=fn, model=model, kwargs=kwargs, impl=impl,
+        init_names=init_names,
+    )  # fmt: skip
     cost = seed_cost(program.closed)
     # Before drawing n keys: a billion seeds must be refused now, not after 12 GB of keys.
     check_results_fit(cost, n_seeds * math.prod(v.size for v in values.values()))

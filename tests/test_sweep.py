@@ -140,6 +140,9 @@ def test_a_sweep_traces_its_function_once():
     sweep(counted, MODEL, 2 * N, X, Y, loss="xent", chunk_size=4)  # more seeds: no new trace
     gradflow.grid_sweep(counted, MODEL_GAUSSIAN, 2, X, Y, loss="xent", grid={"sigma_w2": [1, 2]})
     assert len(calls) == 2  # another model and a grid value: one more
+    with jax.numpy_dtype_promotion("strict"):  # JAX's configuration changed: traced afresh
+        sweep(counted, MODEL, N, X, Y, loss="xent", chunk_size=4)
+    assert len(calls) == 3
 
 
 def test_int_keys_equal_explicit_key_arrays():
