@@ -92,8 +92,9 @@ class _SeedProgram:
     """
 
     def __init__(self, key_data, item, args, hyper, **static):
+        weak = lambda a: getattr(a, "weak_type", False)  # noqa: E731 (numpy: never weak)
         avals = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, weak_type=_weak(a)),
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=weak(a)),
             (key_data, item, args, hyper),
         )
         traced = _one_seed.trace(*avals, **static)
@@ -112,10 +113,6 @@ class _SeedProgram:
 
     def __hash__(self):
         return id(self.closed)
-
-
-def _weak(a) -> bool:
-    return bool(getattr(a, "weak_type", False))
 
 
 @partial(jax.jit, static_argnames=("program", "mesh", "vmap_size"))
@@ -168,6 +165,11 @@ def _init_names(model) -> frozenset:
 
 
 def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None) -> _Job:
+    if not isinstance(model, Model):
+        raise ValueError(
+            "model must be a gradflow Model (gf.mlp, gf.from_apply, ...), got "
+            f"{type(model).__name__}"
+        )
     _validate_call(fn, model, args, kwargs)
     hyper, grid = dict(hyper or {}), dict(grid or {})
     init_names = _init_names(model)
@@ -199,8 +201,8 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
     one_key = np.asarray(jax.random.key_data(jax.random.key(0, impl=impl)))
     one_item = {k: v[0] for k, v in values.items()}
     kwargs = tuple(sorted(kwargs.items()))
-    # One trace of one seed (cached per signature) sizes the results and the default chunks,
-    # and is the program every chunk evaluates.
+    # One trace of one seed (jit's trace cache keeps it) sizes the results and the default
+    # chunks, and is the program every chunk evaluates.
     program = _SeedProgram(
         one_key, one_item, args, hyper, fn=fn, model=model, kwargs=kwargs, impl=impl,
         init_names=init_names,
@@ -219,11 +221,6 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
     if vmap_size is not None:
         vmap_size = _round_up(positive_int("vmap_size", vmap_size, " or None"), mesh.size)
     static = dict(program=program, mesh=mesh, vmap_size=vmap_size)
-    if not isinstance(model, Model):
-        raise ValueError(
-            "model must be a gradflow Model (gf.mlp, gf.from_apply, ...), got "
-            f"{type(model).__name__}"
-        )
     config = model.describe()  # built-ins: their config; others: their functions' code
 
     def fingerprint() -> dict:  # hashing the data takes time: only a run_dir needs it
