@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from gradflow import per_core
+
 MAX_SWEEPS = 40
 """Jacobi sweeps at most; it converges quadratically (typically 6-12 sweeps)."""
 
@@ -92,7 +94,7 @@ def graded_log_svd(s: jax.Array, t: jax.Array) -> jax.Array:
     with jax.enable_x64(True):
         s, t = s.astype(jnp.float64), t.astype(jnp.float64)
         live = s > -jnp.inf
-        y = jnp.linalg.qr(jnp.where(live[:, None], t, 0).T, mode="r").T  # (k, k) lower
+        y = per_core.qr_r(jnp.where(live[:, None], t, 0).T).T  # (k, k) lower
         gaps = jnp.minimum(jnp.where(live[1:], s[:-1] - s[1:], MARGIN), MARGIN)
         shrunk = jnp.where(live[0], s[0], 0) - jnp.concatenate([jnp.zeros(1), jnp.cumsum(gaps)])
         shift = s - shrunk  # -inf for zero rows
@@ -103,7 +105,7 @@ def graded_log_svd(s: jax.Array, t: jax.Array) -> jax.Array:
             rows = live & (shrunk <= anchor + MARGIN) & (shrunk > anchor - WINDOW - MARGIN)
             batch = live & (index >= p) & (shrunk > anchor - WINDOW)
             scale = jnp.where(rows, jnp.exp(jnp.where(rows, shrunk - anchor, 0)), 0)
-            sv = jnp.linalg.svd(scale[:, None] * jnp.where(rows[None, :], y, 0), compute_uv=False)
+            sv = per_core.svd_values(scale[:, None] * jnp.where(rows[None, :], y, 0))
             rank = jnp.clip(index - jnp.min(jnp.where(rows, index, k)), 0, k - 1)  # from row a
             value = log0(sv[rank]) + anchor + shift
             return p + jnp.sum(batch, dtype=jnp.int32), jnp.where(batch, value, out)

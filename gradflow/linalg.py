@@ -26,8 +26,9 @@ Two factorisations (:func:`accumulator`):
   ``diag(e^s) T`` (float64 windows, or a float32 Jacobi SVD where the backend has no float64).
 
 Both are exact in exact arithmetic however often they fold (the R of a product of factors is the
-product of their R's), so folding is only about rounding. A fold costs ~5 matrix products (LAPACK
-QR), so it is skipped while that is safe: in the factors since the last fold, the column ``A_j``
+product of their R's), so folding is only about rounding. A fold costs several matrix products
+(LAPACK QR; a vmapped batch of them runs as one call per CPU core, :mod:`gradflow.per_core`), so
+it is skipped while that is safe: in the factors since the last fold, the column ``A_j``
 of the unfolded product picks up a rounding error ~ eps ||A_j||, against a part that survives the
 next QR of only ``|r_jj|``. That *pollution* ``log(||A_j|| / |r_jj|)`` is measured at each fold,
 and the next fold comes after as many factors as keep it within ``log GROWTH`` (predicted from
@@ -62,6 +63,7 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
+from gradflow import per_core
 from gradflow.graded_svd import (  # noqa: F401  (graded_log_svd, jacobi_log_svd: re-exported)
     graded_log_svd,
     jacobi_log_svd,
@@ -199,7 +201,7 @@ def accumulator(
 
         def fold(state, adapt=True):
             log_c = log0(jnp.linalg.norm(state.m, axis=0))
-            q, r = jnp.linalg.qr(state.m)
+            q, r = per_core.qr(state.m)
             log_r = log0(jnp.abs(jnp.diagonal(r)))
             every = next_every(state, log_c[: r.shape[0]], log_r) if adapt else state.every
             q, s, _ = pad(q, state.s[: r.shape[0]] + log_r, None, state.s.shape[0])
@@ -245,7 +247,7 @@ def _graded_fold(a, s, t):
     order = jnp.argsort(-(s + log0(c)))  # pre-pivoting: the largest column of A diag(e^s) first
     a, s, t, c = a[:, order], s[order], t[order], c[order]
     key = s + log0(c)  # descending, -inf last; never +inf or NaN
-    q, r = jnp.linalg.qr(a)
+    q, r = per_core.qr(a)
     k = r.shape[0]
     # E_ij = r_ij e^{s_j - s_i} (j >= i) = (r_ij / c_j) e^{key_j - key_i} c_i: the first factor
     # is <= 1 (|r_ij| <= ||A_j||), the exponent <= 0 by the ordering, so E never overflows.

@@ -30,9 +30,10 @@ Input-output singular values (``method=``):
 Both re-orthogonalise (QR) after blocks of layers as long as float32 rounding allows
 (``reorth_every``; :mod:`gradflow.linalg`): every layer for Gaussian weights, every 16 for
 orthogonal ones. On 2 shared CPU cores at depth 50, width 256 (tanh, Gaussian; bench/run.py)
-``"exact"`` takes ~6-8x and ``"lyapunov"`` ~4.5-5.5x the time of ``jax.jacfwd`` + SVD, nearly all
-of it in the per-layer QRs (LAPACK, one core, ~4 matmuls' time each): a Gaussian layer pollutes
-too much for float32 blocks, so a fold per layer is the floor in float32.
+``"exact"`` takes ~5-6x and ``"lyapunov"`` ~4.3-5x the time of ``jax.jacfwd`` + SVD, most of it
+in the per-layer QRs: LAPACK factors a 256 x 256 matrix at ~13 GFLOP/s on one core, so even with
+a vmapped batch split over the cores (:mod:`gradflow.per_core`) a QR costs ~4 batched matmuls. A
+Gaussian layer pollutes too much for float32 blocks, so a fold per layer is the floor in float32.
 
 :mod:`gradflow.linalg` holds the factorisations (and says when each is exact) and the summaries
 (:func:`spectrum_summary`, :func:`spectral_density`, re-exported here). Diagonal factors
@@ -55,7 +56,7 @@ import jax
 import jax.numpy as jnp
 
 from gradflow import layers as gl
-from gradflow import linalg
+from gradflow import linalg, per_core
 from gradflow.layer_spectra import (
     _check,
     _dtype,
@@ -128,7 +129,7 @@ def _dense_log_spectra(model: Model, params, x):
             return y[0].ravel()
 
         jac = jax.jacfwd(f)(x1.ravel())  # (out_size, in_size)
-        return linalg.log0(jnp.linalg.svd(jac, compute_uv=False))
+        return linalg.log0(per_core.svd_values(jac))
 
     return jax.vmap(one)(x)
 
