@@ -143,6 +143,9 @@ FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from gradflow import plots
+
+    plots.headless()  # the command writes figures to files
     try:
         if args.command == "sweep":
             return cmd_sweep(args)

@@ -119,6 +119,7 @@ def main(fig: PaperFigure, argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--recompute", action="store_true", help="ignore cached data")
     args = parser.parse_args(argv)
+    plots.headless()
     try:
         out = io.check_output_dir(args.out, "--out")
     except ValueError as e:
