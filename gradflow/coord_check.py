@@ -266,7 +266,9 @@ def plot_coord_check(result: CoordCheck, *, stat: str = "l1", layers: Sequence[s
 
     Returns: the matplotlib Figure.
     """
-    from gradflow.plots import STYLE, plt  # the plotting edge: Agg backend, house style
+    import matplotlib.pyplot as plt
+
+    from gradflow.plots import STYLE  # the house style
 
     if stat not in STATS:
         raise ValueError(f"stat must be 'l1' or 'delta', got {stat!r}")
