@@ -24,7 +24,6 @@ import numpy as np
 from jax import lax
 
 from gradflow import layers as gl
-from gradflow import per_core
 from gradflow.models import Model, check_inputs, path_str
 
 __all__ = ["layer_jacobians", "layer_singular_values"]
@@ -237,7 +236,7 @@ def _layer_arrays(layer, plan: _Plan, params, x1, svd: bool) -> dict:
         lead = diag_product(plan.lead, plan.shapes[cls][2])
         arrays[cls] = arrays[cls].at[first].multiply(lead[None, :])
     if svd:
-        arrays = {c: per_core.svd_values(a) for c, a in arrays.items()}
+        arrays = {c: jnp.linalg.svd(a, compute_uv=False) for c, a in arrays.items()}
     return arrays
 
 

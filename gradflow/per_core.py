@@ -11,8 +11,10 @@ differ in the last bit, as they do between chunk sizes; bit-identical at bench/r
 :func:`per_core` wraps such a function so that under ``vmap`` (a sweep's seeds, a probe's
 examples) its batch is split that way. It changes nothing without ``vmap``, off CPU (cuSOLVER
 and TPU kernels batch on the device), with jaxlib 0.10 or later (which spreads a batched call
-over the cores itself), or when the process has no more cores than CPU devices (each device
-already runs on its own core, e.g. a sharded sweep on simulated devices).
+over the cores itself), or when a CPU device has fewer than two cores of its own (e.g. a sharded
+sweep on simulated devices). Only the factorisations of the stable spectra use it (the QR folds
+and the final float64 windows), which are not differentiated in reverse mode; the SVDs that
+``jax.grad`` may go through (layer spectra, ``method="dense"``) stay plain ``jnp.linalg``.
 """
 
 from __future__ import annotations
@@ -40,22 +42,30 @@ def _jaxlib_splits_itself() -> bool:
     return tuple(jaxlib.version.__version_info__[:2]) >= (0, 10)
 
 
+MAX_PARTS = 8
+"""Most slices per mapped axis: each slice is one more LAPACK call to compile (a depth-20 spectrum
+compiled in 5.6 s with 2 slices, 8.7 s with 16), and ``sched_getaffinity`` does not see a
+container's CPU quota."""
+
+
 def parts(batch: int) -> int:
     """Slices to split a batch of ``batch`` factorisations into: one per core available to each
-    CPU device; 1 off CPU, or where jaxlib spreads the batch over the cores itself."""
+    CPU device, at most :data:`MAX_PARTS`; 1 off CPU, where jaxlib spreads the batch over the
+    cores itself, or where a CPU device has fewer than two cores."""
     if jax.default_backend() != "cpu" or _jaxlib_splits_itself():
         return 1
     per_device = _cores() // max(1, jax.local_device_count("cpu"))
-    return max(1, min(batch, per_device))
+    return max(1, min(batch, per_device, MAX_PARTS))
 
 
 def per_core(fn: Callable) -> Callable:
     """``fn`` (arrays with any leading batch axes in, arrays with the same leading axes out), such
     that under ``vmap`` the mapped axis is cut into :func:`parts` slices, one call of ``fn`` each.
 
-    Nested ``vmap``: the innermost mapped axis is cut if it has at least two slices' worth;
-    otherwise the next ``vmap`` out may cut its own. Not differentiable (``custom_vmap``); use it
-    for the factorisations of the spectra, which are not differentiated.
+    Nested ``vmap``: the innermost mapped axis of 2 or more is cut (into at most
+    :func:`parts` slices); an axis of 1 leaves the cut to the next ``vmap`` out. Forward mode
+    (``jax.jvp``) goes through, reverse mode (``jax.grad``) does not: ``custom_vmap`` has no
+    transpose rule.
     """
 
     @custom_vmap
@@ -89,4 +99,4 @@ qr_r = per_core(partial(jnp.linalg.qr, mode="r"))
 
 svd_values = per_core(partial(jnp.linalg.svd, compute_uv=False))
 """Singular values (``jnp.linalg.svd(a, compute_uv=False)``), its ``vmap`` batch one LAPACK call
-per core."""
+per core (the float64 windows of :func:`gradflow.graded_svd.graded_log_svd`)."""

@@ -66,6 +66,8 @@ def test_no_split_without_vmap_off_cpu_or_with_a_core_per_device(four_cores, mon
     monkeypatch.setattr(per_core, "_jaxlib_splits_itself", lambda: True)
     assert per_core.parts(64) == 1
     monkeypatch.setattr(per_core, "_jaxlib_splits_itself", lambda: False)
+    monkeypatch.setattr(per_core, "_cores", lambda: 64 * jax.local_device_count("cpu"))
+    assert per_core.parts(64) == per_core.MAX_PARTS  # bounded compile time on big machines
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert per_core.parts(64) == 1
 
@@ -89,3 +91,23 @@ def test_stable_spectra_are_unchanged_by_the_split(four_cores, monkeypatch):
         ]
     for one, four in zip(out[1], out[4], strict=True):
         np.testing.assert_allclose(one, four, rtol=0, atol=1e-5)
+
+
+def test_reverse_mode_still_goes_through_the_differentiable_spectra(four_cores):
+    """Layer spectra and method="dense" keep plain jnp.linalg.svd: jax.grad works, also at a
+    batch of one where the split would leave a custom_vmap (no transpose rule) in the program."""
+    import gradflow as gf
+
+    model = gf.mlp([4, 4, 3], "tanh", "gaussian")
+    params = model.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (1, 4))
+
+    def layer_top(p):
+        return sum(v.sum() for v in jax.tree.leaves(gf.spectra.layer_singular_values(model, p, x)))
+
+    def dense_sum(p):
+        return gf.jacobian_singular_values(model, p, x, method="dense").sum()
+
+    for f in (layer_top, dense_sum):
+        grads = jax.grad(f)(params)
+        assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
