@@ -59,8 +59,9 @@ def parts(batch: int) -> int:
 
 
 def per_core(fn: Callable) -> Callable:
-    """``fn`` (arrays with any leading batch axes in, arrays with the same leading axes out), such
-    that under ``vmap`` the mapped axis is cut into :func:`parts` slices, one call of ``fn`` each.
+    """``fn`` (one array with any leading batch axes in, arrays with the same leading axes out),
+    such that under ``vmap`` the mapped axis is cut into :func:`parts` slices, one call of ``fn``
+    each.
 
     Nested ``vmap``: the innermost mapped axis of 2 or more is cut (into at most
     :func:`parts` slices); an axis of 1 leaves the cut to the next ``vmap`` out. Forward mode
@@ -69,25 +70,20 @@ def per_core(fn: Callable) -> Callable:
     """
 
     @custom_vmap
-    def wrapped(*args):
-        return fn(*args)
+    def wrapped(a):
+        return fn(a)
 
     @wrapped.def_vmap
-    def _rule(axis_size, in_batched, *args):
-        args = [
-            a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
-            for a, batched in zip(args, in_batched, strict=True)
-        ]
+    def _rule(axis_size, in_batched, a):
+        del in_batched  # one argument, so it is the batched one
         k = parts(axis_size)
         if k == 1:
-            out = wrapped(*args)  # the axis is now an ordinary batch axis; an outer vmap may cut
+            out = wrapped(a)  # the axis is now an ordinary batch axis; an outer vmap may cut
         else:
-            slices = zip(*(jnp.array_split(a, k) for a in args), strict=True)
-            pieces = [fn(*sliced) for sliced in slices]
+            pieces = [fn(piece) for piece in jnp.array_split(a, k)]
             out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *pieces)
         return out, jax.tree.map(lambda _: True, out)
 
-    wrapped.__doc__ = fn.__doc__
     return wrapped
 
 

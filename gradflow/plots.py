@@ -7,7 +7,9 @@ import), and its backend is left as the user set it: a notebook keeps its inline
 
 from __future__ import annotations
 
+import os
 import pathlib
+import sys
 
 import numpy as np
 
@@ -62,10 +64,12 @@ def layer_norms(
 
 def headless() -> None:
     """Draw with matplotlib's Agg backend (files only, no display): for the ``gradflow`` command
-    and the figure scripts, never on ``import gradflow``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    and the figure scripts, never on ``import gradflow``. Before matplotlib is imported this only
+    sets ``MPLBACKEND``, so a command that draws nothing does not pay matplotlib's import."""
+    if "matplotlib" in sys.modules:
+        sys.modules["matplotlib"].use("Agg")
+    else:
+        os.environ["MPLBACKEND"] = "Agg"
 
 
 def save(fig, path: str | pathlib.Path) -> pathlib.Path:
