@@ -37,6 +37,16 @@ from gradflow.precision import current as current_precision
 from gradflow.progress import Progress
 from gradflow.seeds import as_keys, check_finite, positive_int
 
+try:  # public from jax 0.6; no replication checks: the body has no collectives, and the
+    # replayed seed program (jaxpr_as_fun) mixes per-device and replicated values freely
+    from jax import shard_map as _public_shard_map
+
+    _shard_map = partial(_public_shard_map, check_vma=False)
+except ImportError:  # pragma: no cover
+    from jax.experimental.shard_map import shard_map as _experimental_shard_map
+
+    _shard_map = partial(_experimental_shard_map, check_rep=False)
+
 AXIS = "seeds"
 """Name of the mesh axis the seeds (or flattened grid-point x seed pairs) are sharded over."""
 
@@ -117,22 +127,29 @@ class _SeedProgram:
 
 @partial(jax.jit, static_argnames=("program", "mesh", "vmap_size"))
 def _run_chunk(key_data, items, args, hyper, *, program, mesh, vmap_size):
-    def one(key_data, item):
-        return program(key_data, item, args, hyper)
+    """One chunk: each device evaluates ``program`` on its own contiguous block of the chunk's
+    items (``shard_map``), vmapped whole or as groups of ``vmap_size / devices`` seeds one
+    after another (``lax.map``). Seeds never interact, so the devices never communicate: a
+    data-dependent loop in one seed's program (a ``while_loop`` over windows, a Jacobi sweep)
+    stops on its own device's seeds, with no cross-device reduction per iteration (under
+    GSPMD it had one, and 8 simulated devices on 2 cores could deadlock in it)."""
 
-    size = key_data.shape[0]
-    if vmap_size is None or vmap_size >= size:
-        out = jax.vmap(one)(key_data, items)
-    else:  # groups of vmap_size seeds, one after another
-        # Seed s = v * groups + g sits at (g, v): the sharded seed axis becomes the vmapped one
-        # (vmap_size is a multiple of the device count), so every group spans all devices.
-        groups = size // vmap_size
-        split = lambda a: jnp.swapaxes(a.reshape(vmap_size, groups, *a.shape[1:]), 0, 1)  # noqa: E731
-        merge = lambda a: jnp.swapaxes(a, 0, 1).reshape(size, *a.shape[2:])  # noqa: E731
-        grouped = jax.tree.map(split, (key_data, items))
-        out = jax.tree.map(merge, jax.lax.map(lambda ki: jax.vmap(one)(*ki), grouped))
-    seeds = NamedSharding(mesh, PartitionSpec(AXIS))
-    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, seeds), out)
+    def block(key_data, items, args, hyper):  # this device's items; args, hyper replicated
+        one = lambda k, item: program(k, item, args, hyper)  # noqa: E731
+        local = key_data.shape[0]
+        group = local if vmap_size is None else min(vmap_size // mesh.size, local)
+        if group >= local:
+            return jax.vmap(one)(key_data, items)
+        split = lambda a: a.reshape(local // group, group, *a.shape[1:])  # noqa: E731
+        merge = lambda a: a.reshape(local, *a.shape[2:])  # noqa: E731
+        out = jax.lax.map(lambda ki: jax.vmap(one)(*ki), jax.tree.map(split, (key_data, items)))
+        return jax.tree.map(merge, out)
+
+    seeds, replicated = PartitionSpec(AXIS), PartitionSpec()
+    specs = (seeds, seeds, replicated, replicated)
+    return _shard_map(block, mesh=mesh, in_specs=specs, out_specs=seeds)(
+        key_data, items, args, hyper
+    )
 
 
 def _mesh(devices) -> Mesh:

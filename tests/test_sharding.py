@@ -35,6 +35,11 @@ SCRIPT = textwrap.dedent(
     few = run(5)  # fewer seeds than devices
     sub = run(37, devices=4, chunk_size=8)
     grouped = run(37, chunk_size=20, vmap_size=5)  # groups of 8 (5 rounded up), chunks of 24
+    # Exact spectra: a while_loop whose trip count differs per seed (windows of the graded SVD)
+    spectra = lambda **kw: gf.sweep(
+        gf.jacobian_singular_values, model, 16, x, method="exact", log=True, **kw
+    )
+    spectra_gap = float(np.max(np.abs(spectra(devices=1) - spectra(vmap_size=8))))
 
     # the chunk really is split across the devices, two seeds each
     job = S._prepare(gf.layer_grad_norms, model, 37, (x, y), {"loss": "mse"}, None, None, None)
@@ -55,6 +60,7 @@ SCRIPT = textwrap.dedent(
         "sharded": err(sharded, reference),
         "few": err(few, jax.tree.map(lambda r: r[:5], reference)),
         "sub": err(sub, reference),
+        "spectra": spectra_gap,
     }, sys.stdout)
     """
 )
@@ -75,6 +81,7 @@ def test_sharded_sweep_equals_single_device():
     # Same keys, same networks; only XLA's blocking of the batched matmuls may differ (float32).
     for name in ("sharded", "few", "sub", "grouped"):
         assert result[name] < 1e-5, (name, result)
+    assert result["spectra"] < 1e-4  # nats; float32 folds blocked differently per batch size
 
 
 def test_devices_argument_is_validated():
