@@ -203,7 +203,8 @@ class SeedCost(NamedTuple):
       result_bytes: bytes of one seed's result (plus its key) on the host.
       traced_bytes: bytes of every intermediate of one seed's program, as if all were alive at
         once (an overestimate of its working set).
-      flops: floating-point operations of its matrix products and convolutions (scan bodies
+      flops: matmul-equivalent floating-point operations: its matrix products and
+        convolutions, and its dense factorisations times :data:`FACTOR_WEIGHT` (scan bodies
         times their length); elementwise work is not counted.
     """
 
@@ -218,9 +219,47 @@ def seed_cost(closed_jaxpr) -> SeedCost:
     return SeedCost(out, traced_bytes(closed_jaxpr), matmul_flops(closed_jaxpr.jaxpr))
 
 
+FACTOR_WEIGHT = 3.0
+"""Matmul FLOPs that one FLOP of a dense factorisation (QR, SVD, eigh, Cholesky, triangular
+solve) counts for. Per FLOP, LAPACK's QR of 256 x 256 runs ~8x slower than a matmul on CPU
+(~13 against ~100 GFLOP/s a core); uncounted, the stable spectra (mostly QRs) looked that much
+cheaper, got groups of 16 seeds where they ran best in groups of 2-4, and a sweep of fewer
+seeds than one group paid for the padding (8 seeds x 2 inputs, depth 50, width 128: lyapunov
+1.56 s, 0.80 s counted). 3 rather than 8: larger batches amortise each LAPACK call, and one
+seed per group was the slowest split measured (stop 21, bench/README.md)."""
+
+
+def _factor_flops(name: str, eqn) -> float:
+    """Nominal FLOPs of one dense factorisation equation (LAPACK Working Note 41's leading
+    terms), its batch dimensions included; 0 for any other primitive."""
+    if name not in ("qr", "svd", "eigh", "cholesky", "triangular_solve"):
+        return 0.0
+    shape = eqn.invars[0].aval.shape
+    batch, (m, n) = math.prod(shape[:-2]), shape[-2:]
+    big, k = max(m, n), min(m, n)
+    if name == "qr":  # Householder factorisation and forming Q
+        f = 4.0 * big * k * k - 4.0 * k**3 / 3
+    elif name == "svd":  # bidiagonalisation (+ the vectors' accumulation)
+        uv = eqn.params.get("compute_uv", True)
+        f = (
+            4.0 * big * k * k
+            - 4.0 * k**3 / 3
+            + (4.0 * big * big * k + 4.0 * big * k * k + 9.0 * k**3 if uv else 0.0)
+        )
+    elif name == "eigh":  # tridiagonalisation and the eigenvectors
+        f = 4.0 * n**3 / 3 + 6.0 * n**3
+    elif name == "cholesky":
+        f = n**3 / 3.0
+    else:  # triangular_solve: a (.., m, m) against b (.., m, k) or (.., k, m)
+        rhs = eqn.invars[1].aval.shape
+        f = float(m) * m * (rhs[-1] if rhs[-2] == m else rhs[-2])
+    return batch * f
+
+
 def matmul_flops(jaxpr) -> float:
-    """FLOPs of the ``dot_general`` and convolution equations of a jaxpr, sub-jaxprs included
-    (a scan's body counted ``length`` times; both branches of a ``cond``)."""
+    """Matmul-equivalent FLOPs of a jaxpr: its ``dot_general`` and convolution equations, plus
+    its dense factorisations weighted by :data:`FACTOR_WEIGHT`; sub-jaxprs included (a scan's
+    body counted ``length`` times; both branches of a ``cond``; a while loop's body once)."""
     n = 0.0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
@@ -237,6 +276,8 @@ def matmul_flops(jaxpr) -> float:
                 * math.prod(rhs)
                 / max(rhs[eqn.params["dimension_numbers"].rhs_spec[0]], 1)
             )
+        else:
+            n += FACTOR_WEIGHT * _factor_flops(name, eqn)
         times = eqn.params.get("length", 1) if name == "scan" else 1
         for p in eqn.params.values():
             for sub in p if isinstance(p, (tuple, list)) else (p,):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 import gradflow as gf
 from gradflow.memory import choose_chunk, parse_bytes
@@ -111,6 +112,31 @@ def test_default_plan_from_flops_and_bytes():
     assert default_plan(big, 64, 8, 2**40) == (64, 8)  # one seed per device at least
     # Memory: the group shrinks until its traced working set fits the budget.
     assert default_plan(small, 10**6, 1, budget=5 * 2**20).vmap_size == 4
+
+
+def test_seed_flops_count_factorisations_at_their_weight():
+    """Matmul-equivalent FLOPs: each factorisation's leading LAPACK term (written out here),
+    batch included, times FACTOR_WEIGHT; inside a scan, times its length."""
+    from gradflow.memory import FACTOR_WEIGHT, matmul_flops
+
+    a, b, sq = jnp.ones((3, 10, 6)), jnp.ones((7, 5)), jnp.ones((5, 5))
+
+    def f(a, b, sq):
+        q, _ = jnp.linalg.qr(a)  # (3, 10, 6): 3 x (4 * 10 * 36 - 4 * 216 / 3)
+        s = jnp.linalg.svd(b, compute_uv=False)  # (7, 5): 4 * 7 * 25 - 4 * 125 / 3
+        w, _ = jnp.linalg.eigh(sq)  # 4/3 * 125 + 6 * 125
+        low = jnp.linalg.cholesky(sq @ sq.T)  # 125 / 3, and a matmul: 2 * 125
+        x = jax.scipy.linalg.solve_triangular(low, b.T, lower=True)  # (5, 5) against (5, 7): 25 * 7
+        return q.sum() + s.sum() + w.sum() + x.sum()
+
+    factor = 3 * (4 * 10 * 36 - 4 * 216 / 3) + (4 * 7 * 25 - 4 * 125 / 3)
+    factor += 4 / 3 * 125 + 6 * 125 + 125 / 3 + 25 * 7
+    jaxpr = jax.make_jaxpr(f)(a, b, sq).jaxpr
+    assert matmul_flops(jaxpr) == pytest.approx(2 * 125 + FACTOR_WEIGHT * factor, rel=1e-12)
+    scanned = jax.make_jaxpr(
+        lambda m: lax.scan(lambda c, _: (jnp.linalg.qr(c)[0], None), m, None, length=4)[0]
+    )(jnp.ones((8, 8))).jaxpr
+    assert matmul_flops(scanned) == pytest.approx(4 * FACTOR_WEIGHT * (4 * 8**3 - 4 * 8**3 / 3))
 
 
 def test_default_sweep_is_bounded_and_a_seed_does_not_depend_on_n(monkeypatch):
