@@ -220,36 +220,45 @@ def seed_cost(closed_jaxpr) -> SeedCost:
 
 
 FACTOR_WEIGHT = 3.0
-"""Matmul FLOPs that one FLOP of a dense factorisation (QR, SVD, eigh, Cholesky, triangular
-solve) counts for. Per FLOP, LAPACK's QR of 256 x 256 runs ~8x slower than a matmul on CPU
-(~13 against ~100 GFLOP/s a core); uncounted, the stable spectra (mostly QRs) looked that much
-cheaper, got groups of 16 seeds where they ran best in groups of 2-4, and a sweep of fewer
-seeds than one group paid for the padding (8 seeds x 2 inputs, depth 50, width 128: lyapunov
-1.56 s, 0.80 s counted). 3 rather than 8: larger batches amortise each LAPACK call, and one
-seed per group was the slowest split measured (stop 21, bench/README.md)."""
+"""Matmul FLOPs that one FLOP of a dense factorisation (QR, SVD, eigh, eig, Cholesky, LU,
+triangular solve) counts for. Per FLOP, LAPACK's QR of 256 x 256 runs ~8x slower than a
+matmul on CPU (~13 against ~100 GFLOP/s a core). Uncounted, the stable spectra (mostly QRs)
+looked that much cheaper, got groups of 16 seeds where they ran best in groups of 2-4, and a
+sweep of fewer seeds than one group paid for the padding (8 seeds x 2 inputs, depth 50, width
+128: lyapunov 1.56 s, 0.80 s counted). 3 rather than 8: larger batches amortise each LAPACK
+call, and one seed per group was the slowest split measured (bench/README.md, stop 21)."""
 
 
 def _factor_flops(name: str, eqn) -> float:
-    """Nominal FLOPs of one dense factorisation equation (LAPACK Working Note 41's leading
-    terms), its batch dimensions included; 0 for any other primitive."""
-    if name not in ("qr", "svd", "eigh", "cholesky", "triangular_solve"):
+    """Nominal FLOPs of one dense factorisation equation (the leading terms of LAPACK Working
+    Note 41: geqrf, orgqr, gesdd, syevd, potrf, trsm, getrf, geev), its batch dimensions
+    included; 0 for any other primitive."""
+    if name not in ("qr", "svd", "eigh", "eig", "cholesky", "triangular_solve", "lu"):
         return 0.0
     shape = eqn.invars[0].aval.shape
     batch, (m, n) = math.prod(shape[:-2]), shape[-2:]
     big, k = max(m, n), min(m, n)
-    if name == "qr":  # Householder factorisation and forming Q
+    if name == "qr":  # Householder factorisation, and forming Q unless it is dropped (mode="r")
+        f = 2.0 * big * k * k - 2.0 * k**3 / 3
+        if type(eqn.outvars[0]).__name__ != "DropVar":
+            cols = m if eqn.params.get("full_matrices", False) else k  # Q is (m, cols)
+            f += 4.0 * m * cols * k - 2.0 * (m + cols) * k * k + 4.0 * k**3 / 3
+    elif name == "svd":  # bidiagonalisation, then the vectors' accumulation
         f = 4.0 * big * k * k - 4.0 * k**3 / 3
-    elif name == "svd":  # bidiagonalisation (+ the vectors' accumulation)
-        uv = eqn.params.get("compute_uv", True)
-        f = (
-            4.0 * big * k * k
-            - 4.0 * k**3 / 3
-            + (4.0 * big * big * k + 4.0 * big * k * k + 9.0 * k**3 if uv else 0.0)
-        )
+        if eqn.params.get("compute_uv", True):
+            wide = big if eqn.params.get("full_matrices", True) else k
+            f += 4.0 * big * wide * k + 4.0 * big * k * k + 9.0 * k**3
     elif name == "eigh":  # tridiagonalisation and the eigenvectors
         f = 4.0 * n**3 / 3 + 6.0 * n**3
+    elif name == "eig":  # Hessenberg QR iterations (Golub & Van Loan: ~10 n^3, 25 with vectors)
+        vectors = eqn.params.get("compute_left_eigenvectors", True) or eqn.params.get(
+            "compute_right_eigenvectors", True
+        )
+        f = (25.0 if vectors else 10.0) * n**3
     elif name == "cholesky":
         f = n**3 / 3.0
+    elif name == "lu":
+        f = 1.0 * big * k * k - k**3 / 3.0
     else:  # triangular_solve: a (.., m, m) against b (.., m, k) or (.., k, m)
         rhs = eqn.invars[1].aval.shape
         f = float(m) * m * (rhs[-1] if rhs[-2] == m else rhs[-2])

@@ -37,7 +37,7 @@ from gradflow.precision import current as current_precision
 from gradflow.progress import Progress
 from gradflow.seeds import as_keys, check_finite, positive_int
 
-try:  # public from jax 0.6; no replication checks: the body has no collectives, and the
+try:  # public from jax 0.6.1; no replication checks: the body has no collectives, and the
     # replayed seed program (jaxpr_as_fun) mixes per-device and replicated values freely
     from jax import shard_map as _public_shard_map
 

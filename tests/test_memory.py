@@ -119,19 +119,23 @@ def test_seed_flops_count_factorisations_at_their_weight():
     batch included, times FACTOR_WEIGHT; inside a scan, times its length."""
     from gradflow.memory import FACTOR_WEIGHT, matmul_flops
 
-    a, b, sq = jnp.ones((3, 10, 6)), jnp.ones((7, 5)), jnp.ones((5, 5))
+    a, b, sq, wide = jnp.ones((3, 10, 6)), jnp.ones((7, 5)), jnp.ones((5, 5)), jnp.ones((4, 9))
 
-    def f(a, b, sq):
-        q, _ = jnp.linalg.qr(a)  # (3, 10, 6): 3 x (4 * 10 * 36 - 4 * 216 / 3)
+    def f(a, b, sq, wide):
+        q, _ = jnp.linalg.qr(a)  # (3, 10, 6): geqrf 2 m n^2 - 2 n^3 / 3, orgqr as much
+        r = jnp.linalg.qr(a, mode="r")  # Q dropped: geqrf alone
+        qw, _ = jnp.linalg.qr(wide)  # (4, 9): geqrf 2 n m^2 - 2 m^3 / 3, orgqr 4 m^3 / 3
         s = jnp.linalg.svd(b, compute_uv=False)  # (7, 5): 4 * 7 * 25 - 4 * 125 / 3
         w, _ = jnp.linalg.eigh(sq)  # 4/3 * 125 + 6 * 125
         low = jnp.linalg.cholesky(sq @ sq.T)  # 125 / 3, and a matmul: 2 * 125
         x = jax.scipy.linalg.solve_triangular(low, b.T, lower=True)  # (5, 5) against (5, 7): 25 * 7
-        return q.sum() + s.sum() + w.sum() + x.sum()
+        lu, _ = jax.scipy.linalg.lu_factor(sq)  # 2/3 * 125
+        return q.sum() + r.sum() + qw.sum() + s.sum() + w.sum() + x.sum() + lu.sum()
 
-    factor = 3 * (4 * 10 * 36 - 4 * 216 / 3) + (4 * 7 * 25 - 4 * 125 / 3)
-    factor += 4 / 3 * 125 + 6 * 125 + 125 / 3 + 25 * 7
-    jaxpr = jax.make_jaxpr(f)(a, b, sq).jaxpr
+    geqrf = 2 * 10 * 36 - 2 * 216 / 3
+    factor = 3 * 2 * geqrf + 3 * geqrf + (2 * 9 * 16 - 2 * 64 / 3 + 4 * 64 / 3)
+    factor += (4 * 7 * 25 - 4 * 125 / 3) + 4 / 3 * 125 + 6 * 125 + 125 / 3 + 25 * 7 + 2 / 3 * 125
+    jaxpr = jax.make_jaxpr(f)(a, b, sq, wide).jaxpr
     assert matmul_flops(jaxpr) == pytest.approx(2 * 125 + FACTOR_WEIGHT * factor, rel=1e-12)
     scanned = jax.make_jaxpr(
         lambda m: lax.scan(lambda c, _: (jnp.linalg.qr(c)[0], None), m, None, length=4)[0]
