@@ -216,7 +216,7 @@ class SeedCost(NamedTuple):
 def seed_cost(closed_jaxpr) -> SeedCost:
     """One seed's :class:`SeedCost`, read off the closed jaxpr of its program."""
     out = sum(math.prod(a.shape) * a.dtype.itemsize for a in closed_jaxpr.out_avals) + 8
-    return SeedCost(out, traced_bytes(closed_jaxpr), matmul_flops(closed_jaxpr.jaxpr))
+    return SeedCost(out, traced_bytes(closed_jaxpr), jaxpr_flops(closed_jaxpr.jaxpr))
 
 
 FACTOR_WEIGHT = 3.0
@@ -265,7 +265,7 @@ def _factor_flops(name: str, eqn) -> float:
     return batch * f
 
 
-def matmul_flops(jaxpr) -> float:
+def jaxpr_flops(jaxpr) -> float:
     """Matmul-equivalent FLOPs of a jaxpr: its ``dot_general`` and convolution equations, plus
     its dense factorisations weighted by :data:`FACTOR_WEIGHT`; sub-jaxprs included (a scan's
     body counted ``length`` times; both branches of a ``cond``; a while loop's body once)."""
@@ -292,7 +292,7 @@ def matmul_flops(jaxpr) -> float:
             for sub in p if isinstance(p, (tuple, list)) else (p,):
                 sub = getattr(sub, "jaxpr", sub)
                 if hasattr(sub, "eqns"):
-                    n += times * matmul_flops(sub)
+                    n += times * jaxpr_flops(sub)
     return n
 
 

@@ -140,10 +140,8 @@ def _run_chunk(key_data, items, args, hyper, *, program, mesh, vmap_size):
         group = local if vmap_size is None else min(vmap_size // mesh.size, local)
         if group >= local:
             return jax.vmap(one)(key_data, items)
-        split = lambda a: a.reshape(local // group, group, *a.shape[1:])  # noqa: E731
-        merge = lambda a: a.reshape(local, *a.shape[2:])  # noqa: E731
-        out = jax.lax.map(lambda ki: jax.vmap(one)(*ki), jax.tree.map(split, (key_data, items)))
-        return jax.tree.map(merge, out)
+        # A scan over local / group vmapped groups (group divides local: see _step).
+        return jax.lax.map(lambda ki: one(*ki), (key_data, items), batch_size=group)
 
     seeds, replicated = PartitionSpec(AXIS), PartitionSpec()
     specs = (seeds, seeds, replicated, replicated)

@@ -117,7 +117,7 @@ def test_default_plan_from_flops_and_bytes():
 def test_seed_flops_count_factorisations_at_their_weight():
     """Matmul-equivalent FLOPs: each factorisation's leading LAPACK term (written out here),
     batch included, times FACTOR_WEIGHT; inside a scan, times its length."""
-    from gradflow.memory import FACTOR_WEIGHT, matmul_flops
+    from gradflow.memory import FACTOR_WEIGHT, jaxpr_flops
 
     a, b, sq, wide = jnp.ones((3, 10, 6)), jnp.ones((7, 5)), jnp.ones((5, 5)), jnp.ones((4, 9))
 
@@ -136,11 +136,11 @@ def test_seed_flops_count_factorisations_at_their_weight():
     factor = 3 * 2 * geqrf + 3 * geqrf + (2 * 9 * 16 - 2 * 64 / 3 + 4 * 64 / 3)
     factor += (4 * 7 * 25 - 4 * 125 / 3) + 4 / 3 * 125 + 6 * 125 + 125 / 3 + 25 * 7 + 2 / 3 * 125
     jaxpr = jax.make_jaxpr(f)(a, b, sq, wide).jaxpr
-    assert matmul_flops(jaxpr) == pytest.approx(2 * 125 + FACTOR_WEIGHT * factor, rel=1e-12)
+    assert jaxpr_flops(jaxpr) == pytest.approx(2 * 125 + FACTOR_WEIGHT * factor, rel=1e-12)
     scanned = jax.make_jaxpr(
         lambda m: lax.scan(lambda c, _: (jnp.linalg.qr(c)[0], None), m, None, length=4)[0]
     )(jnp.ones((8, 8))).jaxpr
-    assert matmul_flops(scanned) == pytest.approx(4 * FACTOR_WEIGHT * (4 * 8**3 - 4 * 8**3 / 3))
+    assert jaxpr_flops(scanned) == pytest.approx(4 * FACTOR_WEIGHT * (4 * 8**3 - 4 * 8**3 / 3))
 
 
 def test_default_sweep_is_bounded_and_a_seed_does_not_depend_on_n(monkeypatch):
