@@ -170,6 +170,8 @@ CASES = [
     ([5, 8, 8, 4], "erf", "standard_normal", "sigmoid_xent", "int", {}),
     ([5, 6, 6, 3], "sigmoid", "nielsen", "mse", "one_hot", dict(output_activation="sigmoid")),
     ([4, 8, 8, 8, 8, 8, 3], "sigmoid", "nielsen", "sigmoid_xent", "int", {}),
+    # Feature-major with an input of >= 64 features: the input norms are summed along rows.
+    ([80, 6, 4], "tanh", "lecun", "xent", "int", {}),
 ]
 
 
