@@ -12,6 +12,7 @@ on all alike), each ratio taken within a round and reported as the median over r
 Workloads:
   nielsen  Nielsen's [784, 30, 30, 30, 10] sigmoid net (network2 init and update, cross-entropy),
            mini-batch SGD, batch 10, on the first 1,000 MNIST training digits, one seed
+  nielsen_100  the same, mini-batches of 100, ten times the epochs (as many steps)
   nielsen_full  the same net, full-batch gradient descent on the 1,000 digits (the book's
            ``fig/generate_gradient.py``, which records the norms at every step)
   wide     tanh MLP [256] * 8 -> 10, Adam, batch 64 of 512 Gaussian inputs (random labels),
@@ -132,7 +133,7 @@ def measure(fns: dict, rounds: int, steps: int) -> dict:
     return row
 
 
-def nielsen(cfg, batch: int | None = 10) -> dict:
+def nielsen(cfg, batch: int | None = 10, epoch_scale: int = 1) -> dict:
     """Nielsen's [784, 30, 30, 30, 10] sigmoid net on the first 1,000 MNIST digits, network2's
     update: mini-batches of ``batch`` drawn by ``train``'s key, or with ``batch=None`` full-batch
     gradient descent (the book's ``fig/generate_gradient.py``, which records every step)."""
@@ -157,10 +158,11 @@ def nielsen(cfg, batch: int | None = 10) -> dict:
         hand = jax.jit(lambda p: lax.scan(hand_step, (p, tx.init(p)), None, length=steps)[0][0])
     else:
         every = len(x) // batch
-        steps = cfg["nielsen_epochs"] * every
+        steps = cfg["nielsen_epochs"] * epoch_scale * every
         key = jax.random.key(1)
         kw.update(batch_size=batch, key=key)
-        loop = hand_loop(model, "sigmoid_xent", tx, x, y, batch, cfg["nielsen_epochs"], key)
+        epochs = cfg["nielsen_epochs"] * epoch_scale
+        loop = hand_loop(model, "sigmoid_xent", tx, x, y, batch, epochs, key)
         hand = jax.jit(loop)
 
     def run(k):
@@ -207,13 +209,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="few steps and rounds (smoke test)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument(
-        "--only", default="nielsen,nielsen_full,wide", help="comma-separated workloads"
+        "--only", default="nielsen,nielsen_100,nielsen_full,wide", help="comma-separated workloads"
     )
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.rounds is not None:
         cfg["rounds"] = args.rounds
-    workloads = {"nielsen": nielsen, "nielsen_full": partial(nielsen, batch=None), "wide": wide}
+    workloads = {
+        "nielsen": nielsen,
+        "nielsen_100": partial(nielsen, batch=100, epoch_scale=10),  # as many steps
+        "nielsen_full": partial(nielsen, batch=None),
+        "wide": wide,
+    }
     rows = {}
     print(f"train bench ({jax.devices()[0].device_kind}, {cfg['rounds']} rounds): median ratios")
     for name in args.only.split(","):
