@@ -507,7 +507,8 @@ def test_depth_1000_matches_previous_algorithm_float64():
     # algorithm), the others by <= 5e-4.
     np.testing.assert_allclose(got, want, atol=3e-2)
     lyap = np.asarray(jsv(model, params, x, log=True, method="lyapunov"))[0]
-    np.testing.assert_allclose(lyap, _qr_diag_log64(jacs), atol=1e-2)  # as above
+    # As above; the bottom two off by 0.010 on the EPYC hosts, by 0.013 on an AVX-512 host.
+    np.testing.assert_allclose(lyap, _qr_diag_log64(jacs), atol=2e-2)
 
 
 def test_blocked_folds():
