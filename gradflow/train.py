@@ -8,11 +8,11 @@ its update from the same backward pass that gives the probes
 second backward pass, with sums that run at memory speed (:mod:`gradflow.reduce`). On 2 (noisy)
 CPU cores, recording every step takes 1.2-1.3x the time of not recording on Nielsen's net at
 batch 10 (a recording step runs 90 kernels to a plain step's 41 on a 0.065-0.13 ms step, and
-XLA:CPU runs them one at a time; the sums of squares of the 784 x 30 leaf alone cost ~13% of that
-step), ~1.08x at batch 100, 1.05-1.2x on its full-batch steps and on 8 x 256 tanh nets under Adam
-over 16 seeds, and ~1.0x when recording once an epoch (``bench/train_bench.py``). It takes ``(model, params, x, y, ...)`` like every probe, so
-``gradflow.sweep`` trains thousands of seeds at once, with ``learning_rate``/``weight_decay``
-(and ``sigma_w2``) traced.
+XLA:CPU runs them one at a time; the parameters' and gradients' sums of squares alone cost ~13%
+of that step), ~1.08x at batch 100, 1.05-1.2x on its full-batch steps and on 8 x 256 tanh nets
+under Adam over 16 seeds, and ~1.0x when recording once an epoch (``bench/train_bench.py``). It
+takes ``(model, params, x, y, ...)`` like every probe, so ``gradflow.sweep`` trains thousands
+of seeds at once, with ``learning_rate``/``weight_decay`` (and ``sigma_w2``) traced.
 
 Mini-batches: epoch e visits the examples in the order ``jax.random.permutation(fold_in(key,
 e), n)``, ``n // batch_size`` batches per epoch (the last ``n % batch_size`` of each permutation
