@@ -16,6 +16,7 @@ it is the example's share of the batch gradient).
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import wraps
 
 import jax
@@ -277,41 +278,69 @@ def norms_from_backward(model: Model, params, x: jax.Array, back) -> LayerGradNo
     value, g_params, g_taps, _, records, specs = back
     dtype = value.dtype  # floating even when x holds token ids
     names, ((w_sq, b_sq), (gw_sq, gb_sq)) = layer_square_sums(model, (params, g_params), x, dtype)
-    # Per tap and example: sum of squares and count of exact zeros, in one read of each array.
-    tap_sums = {
-        name: _example_sums(
-            [jnp.square(g_taps[name]), (g_taps[name] == 0).astype(dtype)], spec.batch_axis
-        )  # fmt: skip
-        for name, spec in specs.items()
-    }
-    nan = jnp.full((), jnp.nan, dtype)
-    wpe = []
-    for name in names:  # per-example weight gradients of dense layers tapped under their name
-        rec, spec = records.get(f"{name}/input_sq"), specs.get(name)
-        found = rec is not None and spec is not None
-        wpe.append(jnp.sqrt(jnp.mean(rec * tap_sums[name][0])) if found else nan)
+    hidden, zeros, wpe_taps = _tap_statistics(g_taps, records, specs, dtype)
+    # Per-example weight gradients of dense layers tapped under their name: the tap's entry,
+    # or NaN (the extra last entry) for the other layers. One gather, whatever the depth.
+    position = {name: i for i, name in enumerate(specs)}
+    index = np.asarray([position.get(name, len(specs)) for name in names], np.int32)
+    wpe = jnp.concatenate([wpe_taps, jnp.full((1,), jnp.nan, dtype)])[index]
     weights = jnp.sqrt(gw_sq)
     weight_norms = jnp.sqrt(w_sq)
-
-    hidden, zeros = [], []
-    for name, (d_sq, n_zero) in tap_sums.items():
-        hidden.append(jnp.sqrt(jnp.mean(d_sq)))
-        zeros.append(jnp.sum(n_zero) / g_taps[name].size)
-    stack = lambda v: jnp.stack(v) if v else jnp.zeros((0,), dtype)  # noqa: E731
     return LayerGradNorms(
         params=jnp.sqrt(gw_sq + jnp.nan_to_num(gb_sq)),
         weights=weights,
         biases=jnp.sqrt(gb_sq),
-        weights_per_example=stack(wpe),
+        weights_per_example=wpe,
         weight_norms=weight_norms,
         param_norms=jnp.sqrt(w_sq + jnp.nan_to_num(b_sq)),
         update_ratio=weights / weight_norms,
-        hidden=stack(hidden),
-        zero_fraction=stack(zeros),
+        hidden=hidden,
+        zero_fraction=zeros,
         loss=jnp.full((len(names),), value),
         names=names,
         hidden_names=tuple(specs),
     )
+
+
+def _tap_statistics(g_taps, records, specs, dtype):
+    """``(hidden, zero_fraction, weights_per_example)``, each (T,) in tap order (see
+    :class:`LayerGradNorms`; the last is NaN where a tap has no ``<name>/input_sq`` record).
+
+    Consecutive taps of one shape, dtype and batch axis (a scanned run's layers, or equal
+    unscanned ones) are stacked and reduced together: a few operations per run instead of per
+    layer, so a depth-1,000 scanned net compiles its statistics like a shallow one.
+    """
+    runs: list[list[str]] = []
+    for name, spec in specs.items():
+        key = (spec.shape, spec.dtype, spec.batch_axis)
+        if runs and (specs[runs[-1][0]].shape, specs[runs[-1][0]].dtype,
+                     specs[runs[-1][0]].batch_axis) == key:  # fmt: skip
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    hidden, zeros, wpe = [], [], []
+    for run in runs:
+        spec = specs[run[0]]
+        g = jnp.stack([g_taps[n] for n in run])  # (k, *shape); the batch axis is batch_axis + 1
+        batch = spec.batch_axis + 1
+        # Per layer and example: sum of squares and count of exact zeros, in one read.
+        d_sq, n_zero = _sums(
+            jnp.square(g),
+            (g == 0).astype(dtype),
+            axes=[a for a in range(g.ndim) if a not in (0, batch)],
+        )  # fmt: skip  (each (k, batch))
+        hidden.append(jnp.sqrt(jnp.mean(d_sq, axis=1)))
+        zeros.append(jnp.sum(n_zero, axis=1) / math.prod(spec.shape))
+        recs = [records.get(f"{n}/input_sq") for n in run]
+        if all(r is not None for r in recs):
+            wpe.append(jnp.sqrt(jnp.mean(jnp.stack(recs) * d_sq, axis=1)))
+        else:
+            found = [r is not None for r in recs]
+            for i, r in enumerate(recs):  # mixed runs (rare): layer by layer
+                wpe.append(jnp.sqrt(jnp.mean(r * d_sq[i]))[None] if found[i] else
+                           jnp.full((1,), jnp.nan, dtype))  # fmt: skip
+    cat = lambda v: jnp.concatenate(v) if v else jnp.zeros((0,), dtype)  # noqa: E731
+    return cat(hidden), cat(zeros), cat(wpe)
 
 
 def _use_order(groups):
