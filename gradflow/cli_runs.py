@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
+import math
 import os
 import sys
 
@@ -64,6 +66,20 @@ def load_model_spec(spec: str):
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"--model: {module_name!r} has no function {attr!r}")
+    try:
+        inspect.signature(fn).bind()
+    except TypeError:
+        needed = [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        raise ValueError(
+            f"--model: {spec} needs arguments ({', '.join(needed)}); point --model at a "
+            "function of no arguments that returns the model"
+        ) from None
+    except ValueError:  # no signature to read (a builtin): let the call say
+        pass
     model = fn()
     if not isinstance(model, Model):
         raise ValueError(
@@ -90,9 +106,26 @@ def build_model(args, load_batch):
             n_in = model.in_shape[0]
         else:
             n_in = gf.data.load(args.data, args.data_dir).x_train.shape[1]
+        shape = (n_in,)
+        declared = model.in_shape if model.in_shape and None not in model.in_shape else None
+        if declared is not None:
+            if math.prod(declared) != n_in:
+                raise ValueError(
+                    f"--model {args.model} takes inputs of shape {declared} but --data "
+                    f"{args.data} has {n_in} features; use other data or a model that fits them"
+                )
+            shape = tuple(declared)  # e.g. a CNN's (28, 28, 1): the flat data is reshaped
         params = jax.eval_shape(model.init, jax.random.key(0))
-        out = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((1, n_in), np.float32))
+        try:
+            out = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((1, *shape), np.float32))
+        except Exception as e:  # the user's apply on the CLI's data: one line, not a traceback
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise ValueError(
+                f"--model {args.model} does not run on --data {args.data}'s inputs of shape "
+                f"(batch, {', '.join(map(str, shape))}) ({type(e).__name__}: {first})"
+            ) from None
         x, y, source = load_batch(args, n_in, out.shape[-1])
+        x = x.reshape(x.shape[0], *shape)
         return model, x, y, f"model {args.model}; {source}"
     model = gf.mlp(
         args.widths, args.activation, args.init, sigma_w2=args.sigma_w2,
@@ -132,6 +165,10 @@ def cmd_train(args, load_batch, chunk) -> int:
         raise ValueError(
             f"--record-every must be >= 1 and divide --steps={args.steps}, got {args.record_every}"
         )
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise ValueError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
     model, x, y, desc = build_model(args, load_batch)
     if args.batch_size is not None and not 1 <= args.batch_size <= len(x):
         raise ValueError(f"--batch-size must be in 1..{len(x)} (--batch), got {args.batch_size}")

@@ -23,3 +23,15 @@ def tiny():
 
 def not_a_model():
     return 3
+
+
+def needs_width(width):
+    return gf.mlp([64, width, 10], "tanh", "lecun")
+
+
+def too_wide():
+    return gf.mlp([100, 16, 10], "tanh", "lecun")  # the digits have 64 features
+
+
+def conv():
+    return gf.cnn((8, 8, 1), (4,), 10)  # the flat 8x8 digits, reshaped by the CLI

@@ -47,6 +47,11 @@ def test_diagnose_a_users_model_writes_a_report(tmp_path, capsys):
         (["--model", "tests.cli_models"], "package.module:function"),
         (["--steps", "5", "--record-every", "2"], "divide --steps"),
         (["--batch-size", "65"], "--batch-size must be in 1..64"),
+        (["--model", "tests.cli_models:needs_width"], "needs arguments (width)"),
+        (["--model", "tests.cli_models:too_wide"], "takes inputs of shape (100,)"),
+        (["--lr", "nan"], "--lr must be a finite number > 0"),
+        (["--lr", "-1"], "--lr must be a finite number > 0"),
+        (["--weight-decay", "-0.5"], "--weight-decay must be a finite number >= 0"),
     ],
 )
 def test_bad_train_input_is_one_line_and_exit_2(extra, message, capsys, tmp_path):
@@ -55,3 +60,16 @@ def test_bad_train_input_is_one_line_and_exit_2(extra, message, capsys, tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_sweep_a_users_cnn_on_flat_data(tmp_path, capsys):
+    """A --model whose input is (8, 8, 1) gets the flat 64-pixel digits reshaped; the table
+    shows '-' for layers without a tap of their own (the dense head)."""
+    out = tmp_path / "conv"
+    argv = ["sweep", "--model", "tests.cli_models:conv", *SMALL, "--out", str(out)]
+    assert cli.main(argv) == 0
+    arrays, _ = io.load_results(out)
+    assert arrays["weights"].shape[0] == 3 and np.all(np.isfinite(arrays["weights"]))
+    rows = [line for line in capsys.readouterr().out.splitlines() if line[:5].strip().isdigit()]
+    assert len(rows) == arrays["weights"].shape[1]
+    assert "-" not in rows[0].split() and "-" in rows[-1].split()
