@@ -222,7 +222,7 @@ def _chunk_size(text):
 def cmd_sweep(args) -> int:
     import gradflow as gf
 
-    if args.out:
+    if args.out is not None:
         gf.io.check_output_dir(args.out, "--out")
     gf.losses.get_loss(args.loss)
     if args.seeds < 1:
@@ -353,7 +353,7 @@ def cmd_theory(args) -> int:
 
     from gradflow import io, meanfield
 
-    if args.out:
+    if args.out is not None:
         io.check_output_dir(args.out, "--out")
     if args.phase_diagram:
         io.check_output_file(args.phase_diagram, "--phase-diagram", FIGURE_SUFFIXES)

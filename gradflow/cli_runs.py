@@ -139,7 +139,7 @@ def build_model(args, load_batch):
 def _check_common(args) -> None:
     import gradflow as gf
 
-    if args.out:
+    if args.out is not None:
         gf.io.check_output_dir(args.out, "--out")
     gf.losses.get_loss(args.loss)
     if args.seeds < 1:

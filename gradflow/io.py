@@ -46,6 +46,8 @@ def check_output_dir(path, what: str = "the output folder") -> pathlib.Path:
     Raises:
       ValueError: one line naming ``what``, the problem and the fix.
     """
+    if isinstance(path, str) and not path.strip():
+        raise ValueError(f"{what} is empty; pass a folder path")
     path = pathlib.Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {str(path)!r} is a file; pass a folder path")
@@ -60,8 +62,8 @@ def check_output_dir(path, what: str = "the output folder") -> pathlib.Path:
         fd, probe = tempfile.mkstemp(dir=ancestor, prefix=_TEMP)
     except OSError as e:
         raise ValueError(
-            f"{what} {str(path)!r} cannot be written ({str(ancestor)!r}: {e.strerror}); "
-            "pick a writable folder"
+            f"{what} {str(path)!r} cannot be written (creating a file in {str(ancestor)!r} "
+            f"failed: {e.strerror}); pick a writable folder"
         ) from None
     os.close(fd)
     os.unlink(probe)

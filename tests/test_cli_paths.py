@@ -27,7 +27,8 @@ def _no_compile(monkeypatch):
     [
         ("{file}/sub", "lies below .* which is a file; pick another path"),
         ("{file}", "is a file; pass a folder path"),
-        ("/proc/gradflow-test", "cannot be written"),
+        ("/proc/gradflow-test", "cannot be written .creating a file in '/proc' failed"),
+        ("", "--out is empty; pass a folder path"),
     ],
 )
 def test_bad_out_paths(out, match, tmp_path, monkeypatch, capsys):
@@ -40,7 +41,7 @@ def test_bad_out_paths(out, match, tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         assert err.startswith("gradflow: error: --out") and len(err.strip().splitlines()) == 1
         assert re.search(match, err), err
-        assert not pathlib.Path(out).is_dir(), "no output folder is created"
+        assert not out or not pathlib.Path(out).is_dir(), "no output folder is created"
 
 
 @pytest.mark.parametrize(
