@@ -94,6 +94,16 @@ def compiled_bytes(compiled) -> int | None:
     )  # fmt: skip
 
 
+def sub_jaxprs(eqn):
+    """The jaxprs nested in one equation's params: a scan's or while loop's body, a cond's
+    branches, a pjit's or custom rule's function (closed jaxprs unwrapped)."""
+    for p in eqn.params.values():
+        for sub in p if isinstance(p, (tuple, list)) else (p,):
+            sub = getattr(sub, "jaxpr", sub)
+            if hasattr(sub, "eqns"):
+                yield sub
+
+
 def traced_bytes(closed_jaxpr) -> int:
     """Bytes of every intermediate of a traced program, as if all were alive at once."""
 
@@ -102,11 +112,7 @@ def traced_bytes(closed_jaxpr) -> int:
         for eqn in jaxpr.eqns:
             for v in eqn.outvars:
                 n += int(np.prod(v.aval.shape)) * getattr(v.aval.dtype, "itemsize", 8)
-            for p in eqn.params.values():
-                for sub in p if isinstance(p, (tuple, list)) else (p,):
-                    sub = getattr(sub, "jaxpr", sub)
-                    if hasattr(sub, "eqns"):
-                        n += total(sub)
+            n += sum(total(sub) for sub in sub_jaxprs(eqn))
         return n
 
     return total(closed_jaxpr.jaxpr)
@@ -288,11 +294,7 @@ def jaxpr_flops(jaxpr) -> float:
         else:
             n += FACTOR_WEIGHT * _factor_flops(name, eqn)
         times = eqn.params.get("length", 1) if name == "scan" else 1
-        for p in eqn.params.values():
-            for sub in p if isinstance(p, (tuple, list)) else (p,):
-                sub = getattr(sub, "jaxpr", sub)
-                if hasattr(sub, "eqns"):
-                    n += times * jaxpr_flops(sub)
+        n += sum(times * jaxpr_flops(sub) for sub in sub_jaxprs(eqn))
     return n
 
 

@@ -12,6 +12,7 @@ from scipy.special import erf as np_erf
 import gradflow
 from gradflow import taps
 from gradflow.losses import get_loss
+from gradflow.memory import sub_jaxprs
 from gradflow.nets import mlp_layers
 
 # The probes run as one jitted program per (model, loss, shapes) already.
@@ -516,11 +517,7 @@ def _real_reductions(jaxpr) -> int:
             shape = eqn.invars[0].aval.shape
             axes = eqn.params.get("axes", eqn.params.get("dimensions", ()))
             count += math.prod(shape[a] for a in axes) > 1
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (list, tuple)) else (value,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    count += _real_reductions(inner)
+        count += sum(_real_reductions(sub) for sub in sub_jaxprs(eqn))
     return count
 
 
