@@ -278,14 +278,10 @@ def format_layer_table(norms) -> str:
         ratio = norms.biases / norms.biases[:, -1:]
     # The hidden-unit column is the tap named like the layer (the MLP taps every layer; other
     # models tap some layers, or none): "-" where a layer has no tap of its own.
-    names = tuple(getattr(norms, "names", ()))
-    column = {name: i for i, name in enumerate(getattr(norms, "hidden_names", ()))}
-    if len(names) != n_layers:  # no names kept: tap l belongs to layer l
-        names = tuple(range(n_layers))
-        column = {l: l for l in range(min(n_layers, norms.preacts.shape[1]))}
+    column = {name: i for i, name in enumerate(norms.hidden_names)}
     for l in range(n_layers):
         bad = int(np.sum(~np.isfinite(norms.weights[:, l]) | ~np.isfinite(norms.biases[:, l])))
-        c = column.get(names[l])
+        c = column.get(norms.names[l])
         hidden = _band(norms.preacts[:, c]) if c is not None else "-"
         lines.append(
             f"{l + 1:>5}  {_band(norms.biases[:, l]):>32}  {_band(norms.weights[:, l]):>32}  "

@@ -67,19 +67,19 @@ def load_model_spec(spec: str):
     if not callable(fn):
         raise ValueError(f"--model: {module_name!r} has no function {attr!r}")
     try:
-        inspect.signature(fn).bind()
-    except TypeError:
-        needed = [
-            p.name
-            for p in inspect.signature(fn).parameters.values()
-            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
+        signature = inspect.signature(fn)
+    except ValueError:  # no signature to read (a builtin): let the call say
+        signature = None
+    needed = [
+        p.name
+        for p in (signature.parameters.values() if signature else ())
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if needed:
         raise ValueError(
             f"--model: {spec} needs arguments ({', '.join(needed)}); point --model at a "
             "function of no arguments that returns the model"
-        ) from None
-    except ValueError:  # no signature to read (a builtin): let the call say
-        pass
+        )
     model = fn()
     if not isinstance(model, Model):
         raise ValueError(

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from gradflow import activations, inits, taps
-from gradflow.reduce import LANES, sums
+from gradflow.reduce import sums
 
 
 class Diag(NamedTuple):
@@ -157,13 +157,8 @@ def _recording(apply, batch_axis: int = 0):
         if taps.active() and x.ndim == 2:
             # A statistic, not differentiated: stop_gradient keeps autodiff out of the sum's
             # barrier (gradflow.reduce.lane_sums).
-            a = jax.lax.stop_gradient(x)
-            if batch_axis == 1 and a.shape[0] >= LANES * LANES:
-                # Feature-major (n, batch): sum the rows of a.T, the input's own row-major
-                # layout (a model's x.T.T), instead of down columns (a transposed copy of a^2).
-                taps.record("input_sq", sums(jnp.square(a.T), axes=(1,))[0])
-            else:
-                taps.record("input_sq", sums(jnp.square(a), axes=(1 - batch_axis,))[0])
+            x_sq = jnp.square(jax.lax.stop_gradient(x))
+            taps.record("input_sq", sums(x_sq, axes=(1 - batch_axis,))[0])
         return apply(params, x)
 
     return run

@@ -16,6 +16,7 @@ it is the example's share of the batch gradient).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from functools import wraps
 
@@ -193,12 +194,6 @@ def backward(model: Model, params, x, y, loss: str):
     return value, g_params, g_taps, values, records, specs
 
 
-def _example_sums(arrays, batch_axis):
-    """Per-example sums of same-shape arrays (the batch axis kept): shapes (batch,)."""
-    ndim = arrays[0].ndim
-    return _sums(*arrays, axes=[a for a in range(ndim) if a != batch_axis])
-
-
 def _is_bias(path) -> bool:
     last = path[-1] if path else None
     key = getattr(last, "key", getattr(last, "name", None))
@@ -310,35 +305,29 @@ def _tap_statistics(g_taps, records, specs, dtype):
     unscanned ones) are stacked and reduced together: a few operations per run instead of per
     layer, so a depth-1,000 scanned net compiles its statistics like a shallow one.
     """
-    runs: list[list[str]] = []
-    for name, spec in specs.items():
-        key = (spec.shape, spec.dtype, spec.batch_axis)
-        if runs and (specs[runs[-1][0]].shape, specs[runs[-1][0]].dtype,
-                     specs[runs[-1][0]].batch_axis) == key:  # fmt: skip
-            runs[-1].append(name)
-        else:
-            runs.append([name])
+
+    def run_key(name):  # taps that stack: same shape, dtype and batch axis; records or not
+        spec = specs[name]
+        return spec.shape, spec.dtype, spec.batch_axis, f"{name}/input_sq" in records
+
     hidden, zeros, wpe = [], [], []
-    for run in runs:
-        spec = specs[run[0]]
+    for (shape, _, batch_axis, recorded), run in itertools.groupby(specs, key=run_key):
+        run = list(run)
         g = jnp.stack([g_taps[n] for n in run])  # (k, *shape); the batch axis is batch_axis + 1
-        batch = spec.batch_axis + 1
-        # Per layer and example: sum of squares and count of exact zeros, in one read.
+        # Per layer and example, (k, batch) each: sum of squares and count of exact zeros,
+        # in one read.
         d_sq, n_zero = _sums(
             jnp.square(g),
             (g == 0).astype(dtype),
-            axes=[a for a in range(g.ndim) if a not in (0, batch)],
-        )  # fmt: skip  (each (k, batch))
+            axes=[a for a in range(g.ndim) if a not in (0, batch_axis + 1)],
+        )
         hidden.append(jnp.sqrt(jnp.mean(d_sq, axis=1)))
-        zeros.append(jnp.sum(n_zero, axis=1) / math.prod(spec.shape))
-        recs = [records.get(f"{n}/input_sq") for n in run]
-        if all(r is not None for r in recs):
-            wpe.append(jnp.sqrt(jnp.mean(jnp.stack(recs) * d_sq, axis=1)))
+        zeros.append(jnp.sum(n_zero, axis=1) / math.prod(shape))
+        if recorded:
+            rec = jnp.stack([records[f"{n}/input_sq"] for n in run])
+            wpe.append(jnp.sqrt(jnp.mean(rec * d_sq, axis=1)))
         else:
-            found = [r is not None for r in recs]
-            for i, r in enumerate(recs):  # mixed runs (rare): layer by layer
-                wpe.append(jnp.sqrt(jnp.mean(r * d_sq[i]))[None] if found[i] else
-                           jnp.full((1,), jnp.nan, dtype))  # fmt: skip
+            wpe.append(jnp.full((len(run),), jnp.nan, dtype))
     cat = lambda v: jnp.concatenate(v) if v else jnp.zeros((0,), dtype)  # noqa: E731
     return cat(hidden), cat(zeros), cat(wpe)
 

@@ -11,10 +11,13 @@ per example. On XLA:CPU how a sum is written decides its speed more than its len
 * a sum of blocks of 8 x 8 elements, added as vectors into partial sums, runs at memory speed
   (:func:`lane_sums`): 5x faster than the variadic chain on a 784 x 30 leaf, 50x on rows of 64.
 
-So :func:`sums` picks by the length n of the reduced trailing axes: n >= 64 blocks of 64
-(:func:`lane_sums`); otherwise (and when the kept axes are not leading) one variadic reduction
-(short sums as single-operand ones read each array once more: workload A of bench/run.py ran 1.2x
-slower with them). Every path is exact up to float rounding in a different order.
+So :func:`sums` picks by the number n of elements each output sums: n >= 64 blocks of 64
+(:func:`lane_sums`), with the kept axes moved to the front first where they are not leading (a
+feature-major (n, batch) input summed per example reads the rows of its transpose: XLA cancels
+the transpose of an ``x.T`` and otherwise copies once, where a sum down the columns went through
+a transposed copy of the squares every time); otherwise one variadic reduction (short sums as
+single-operand ones read each array once more: workload A of bench/run.py ran 1.2x slower with
+them). Every path is exact up to float rounding in a different order.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ def sums(*arrays, axes) -> tuple[jax.Array, ...]:
         return arrays
     ndim = arrays[0].ndim
     n_keep = ndim - len(axes)
-    if sorted(axes) == list(range(n_keep, ndim)):  # the kept axes lead
-        if math.prod(arrays[0].shape[n_keep:]) >= LANES * LANES:
-            return lane_sums(arrays, n_keep)
+    if math.prod(arrays[0].shape[a] for a in axes) >= LANES * LANES:
+        kept = [a for a in range(ndim) if a not in axes]
+        if kept != list(range(n_keep)):  # e.g. per example of (features, batch): rows of x.T
+            arrays = tuple(jnp.moveaxis(a, kept, range(n_keep)) for a in arrays)
+        return lane_sums(arrays, n_keep)
     # A single array is summed beside a ones array: a variadic reduction is never rewritten.
     operands = arrays if len(arrays) > 1 else (*arrays, jnp.ones_like(arrays[0]))
     init = tuple(jnp.zeros((), a.dtype) for a in operands)

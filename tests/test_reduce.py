@@ -18,6 +18,7 @@ from gradflow.reduce import sums
         ((7, 30), (1,)),  # short: one variadic reduction
         ((5, 40), (1,)),  # n < 64: one variadic reduction
         ((30, 10), (0,)),  # kept axis last: one variadic reduction
+        ((100, 7), (0,)),  # kept axis last, n >= 64: moved to the front, then blocks
     ],
 )
 def test_sums_match_float64(shape, axes):
