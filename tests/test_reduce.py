@@ -19,6 +19,8 @@ from gradflow.reduce import sums
         ((5, 40), (1,)),  # n < 64: one variadic reduction
         ((30, 10), (0,)),  # kept axis last: one variadic reduction
         ((100, 7), (0,)),  # kept axis last, n >= 64: moved to the front, then blocks
+        ((256, 256), (0, 1)),  # three levels of blocks: 1,024 -> 127 -> 15 rows of 8
+        ((3, 100, 100), (1, 2)),  # stacked, two levels (156 -> 19 rows), a tail of 16
     ],
 )
 def test_sums_match_float64(shape, axes):
