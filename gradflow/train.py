@@ -6,11 +6,12 @@ plain steps between them, so nothing leaves the device until the end. A recordin
 its update from the same backward pass that gives the probes
 (:func:`gradflow.probes.norms_from_backward`): recording adds the statistics' reductions and no
 second backward pass, with sums that run at memory speed (:mod:`gradflow.reduce`). On 2 (noisy)
-CPU cores, recording every step takes 1.2-1.3x the time of not recording on Nielsen's net at
-batch 10 (a recording step runs 90 kernels to a plain step's 41 on a 0.065-0.13 ms step, and
-XLA:CPU runs them one at a time; the parameters' and gradients' sums of squares alone cost ~13%
-of that step), ~1.08x at batch 100, 1.05-1.2x on its full-batch steps and on 8 x 256 tanh nets
-under Adam over 16 seeds, and ~1.0x when recording once an epoch (``bench/train_bench.py``). It
+CPU cores, recording every step takes 1.18-1.25x the time of not recording on Nielsen's net at
+batch 10 (a recording step runs ~110 kernels to a plain step's 36 on a 0.07-0.09 ms step; the
+sums of squares of the parameters, gradients and updates are 9 of its 14 extra microseconds,
+1 core), 1.03-1.04x at batch 100, 1.05-1.07x on its full-batch steps, 1.12-1.13x on 8 x 256 tanh
+nets under Adam over 16 seeds, and ~1.0x when recording once an epoch
+(``bench/train_bench.py``). It
 takes ``(model, params, x, y, ...)`` like every probe, so ``gradflow.sweep`` trains thousands
 of seeds at once, with ``learning_rate``/``weight_decay`` (and ``sigma_w2``) traced.
 
