@@ -228,6 +228,7 @@ def cmd_sweep(args) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     chunk = _chunk_size(args.chunk_size)
+    cli_runs.check_sweep_flags(args)
     model, x, y, desc = cli_runs.build_model(args, load_batch)
     print(f"model: {desc}; loss {args.loss}; {args.seeds} seeds")
     resuming = bool(args.out) and (pathlib.Path(args.out) / "run.json").exists()

@@ -144,6 +144,21 @@ def _check_common(args) -> None:
     gf.losses.get_loss(args.loss)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    check_sweep_flags(args)
+
+
+def check_sweep_flags(args) -> None:
+    """The sweep's own checks of ``--memory``, ``--vmap-size`` and ``--devices``, made before the
+    model is built or anything is printed (the sweep makes them again)."""
+    from gradflow.memory import parse_bytes
+    from gradflow.seeds import positive_int
+    from gradflow.sweep_engine import mesh_of
+
+    if args.memory is not None:
+        parse_bytes(args.memory)
+    if args.vmap_size is not None:
+        positive_int("--vmap-size", args.vmap_size)
+    mesh_of(args.devices)
 
 
 def _sweep_kw(args, chunk) -> dict:

@@ -150,7 +150,9 @@ def _run_chunk(key_data, items, args, hyper, *, program, mesh, vmap_size):
     )
 
 
-def _mesh(devices) -> Mesh:
+def mesh_of(devices) -> Mesh:
+    """The 1-d device mesh a sweep shards over: all local devices (None), the first k (an int), or
+    a list of this process's devices; a ValueError naming ``--devices`` otherwise."""
     local = jax.local_devices()
     if devices is None:
         devices = local
@@ -228,7 +230,7 @@ def _prepare(fn, model, keys, args, kwargs, hyper, grid, devices, vmap_size=None
     keys = as_keys(keys)
     points = np.meshgrid(*values.values(), indexing="ij") if values else []
     grid_flat = {name: p.reshape(-1) for name, p in zip(values, points, strict=True)}
-    mesh = _mesh(devices)
+    mesh = mesh_of(devices)
     replicated = NamedSharding(mesh, PartitionSpec())
     args = jax.device_put(args, replicated)
     hyper = jax.device_put(hyper, replicated)

@@ -73,3 +73,19 @@ def test_sweep_a_users_cnn_on_flat_data(tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line[:5].strip().isdigit()]
     assert len(rows) == arrays["weights"].shape[1]
     assert "-" not in rows[0].split() and "-" in rows[-1].split()
+
+
+@pytest.mark.parametrize("command", ["sweep", "train", "diagnose"])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--memory", "lots"], "must look like 4GiB"),
+        (["--vmap-size", "0"], "--vmap-size must be an int >= 1"),
+        (["--devices", "99"], "devices (--devices) must be 1.."),
+    ],
+)
+def test_bad_sweep_flags_fail_before_anything_is_printed(command, extra, message, capsys):
+    # Checked before the model is built: nothing on stdout (it used to print the model line).
+    assert cli.main([command, "--widths", "64,16,10", *SMALL, *extra]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and message in err, (out, err)
