@@ -204,11 +204,12 @@ def _trajectories(model: Model, per_example, steps: int, opt_name: str):
     def one_seed(key, lr, lr_mults, init_mults, x, y):
         params = rescale(model.init(key), init_mults)
         specs, _ = taps.discover(apply, params, x)
-        zeros = {n: jnp.zeros(s.shape, s.dtype) for n, s in specs.items()}
+        zeros = taps.zeros(specs)
 
         def forward(params):  # the batch loss, with every tap and the output as aux
             out, values, _ = taps.run_tapped(apply, params, x, zeros)
-            return jnp.mean(per_example(out, y)), [values[n] for n in specs] + [out]
+            acts = [taps.get(values, specs, n) for n in specs]
+            return jnp.mean(per_example(out, y)), [*acts, out]
 
         opt = optimizer(lr, lr_mults, opt_name)
 

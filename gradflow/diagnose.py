@@ -20,13 +20,14 @@ saddle points); Ghorbani, Krishnan & Xiao 2019 (arXiv:1901.10159, Lanczos Hessia
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from gradflow import activations
+from gradflow import activations, taps
 from gradflow.curvature import hessian_vector_product, lanczos_extremes
 from gradflow.losses import get_loss, prior_loss
 from gradflow.models import Model
@@ -103,22 +104,8 @@ def diagnose(
         return jnp.mean(loss_fn(model.apply(params, x), y))
 
     dtype = norms.loss.dtype  # floating even when x holds token ids
-    tiny = jnp.finfo(dtype).tiny
-    underflow, dead, saturated = [], [], []
-    for name, spec in specs.items():
-        d = jnp.moveaxis(g_taps[name], spec.batch_axis, 0)
-        nz = d != 0
-        underflow.append(jnp.sum(nz & (jnp.abs(d) < tiny)) / jnp.maximum(jnp.sum(nz), 1))
-        dead.append(jnp.mean(~jnp.any(nz, axis=0)))
-        act = activations.ACTIVATIONS.get(dict(spec.meta).get("activation"))
-        if act is not None and act.derivative_max is not None:
-            dphi = activations.derivative(act.name, values[name])[1]
-            saturated.append(jnp.mean(dphi < SATURATION * act.derivative_max))
-        else:
-            saturated.append(jnp.zeros((), dtype))
-    stack = lambda v: jnp.stack(v).astype(dtype) if v else jnp.zeros((0,), dtype)  # noqa: E731
+    underflow, dead, saturated = _unit_fractions(g_taps, values, specs, dtype)
     grad_norm = jnp.linalg.norm(ravel_pytree(g_params)[0])
-    underflow, dead = stack(underflow), stack(dead)
 
     if hessian_iterations > 0:
         key = jax.random.key(0) if key is None else key
@@ -136,12 +123,45 @@ def diagnose(
         zero_fraction=norms.zero_fraction,
         dead_fraction=dead,
         underflow_fraction=underflow,
-        saturated_fraction=stack(saturated),
+        saturated_fraction=saturated,
         hessian_min=h_min,
         hessian_max=h_max,
         loss=norms.loss[0],
         prior_loss=prior_loss(loss, jax.eval_shape(model.apply, params, x), y).astype(dtype),
     )
+
+
+def _unit_fractions(g_taps, values, specs, dtype):
+    """``(underflow, dead, saturated)``, each (T,) in tap order (see :class:`Diagnosis`).
+
+    Consecutive taps of one shape, dtype, batch axis and activation (a scanned run's layers) are
+    stacked (:func:`gradflow.taps.rows`) and measured together: a few operations per run, so a
+    depth-1,000 scanned net is diagnosed like a shallow one.
+    """
+    tiny = jnp.finfo(dtype).tiny
+
+    def run_key(name):
+        spec = specs[name]
+        return spec.shape, spec.dtype, spec.batch_axis, dict(spec.meta).get("activation")
+
+    underflow, dead, saturated = [], [], []
+    for (_, _, batch_axis, act_name), run in itertools.groupby(specs, key=run_key):
+        run = list(run)
+        d = jnp.moveaxis(taps.rows(g_taps, specs, run), batch_axis + 1, 1)  # (k, batch, ...)
+        units = tuple(range(1, d.ndim))
+        nz = d != 0
+        n_small = jnp.sum(nz & (jnp.abs(d) < tiny), axis=units)
+        underflow.append(n_small / jnp.maximum(jnp.sum(nz, axis=units), 1))
+        dead.append(jnp.mean(~jnp.any(nz, axis=1), axis=units[:-1]))
+        act = activations.ACTIVATIONS.get(act_name)
+        if act is not None and act.derivative_max is not None:
+            dphi = activations.derivative(act.name, taps.rows(values, specs, run))[1]
+            below = dphi < SATURATION * act.derivative_max
+            saturated.append(jnp.mean(below, axis=tuple(range(1, below.ndim))))
+        else:
+            saturated.append(jnp.zeros((len(run),), dtype))
+    cat = lambda v: jnp.concatenate(v).astype(dtype) if v else jnp.zeros((0,), dtype)  # noqa: E731
+    return cat(underflow), cat(dead), cat(saturated)
 
 
 def verdict(d: Diagnosis, losses=None, thresholds: Thresholds | None = None) -> str:

@@ -23,7 +23,7 @@ assumption at O(1) for the last two or three layers (measured ratios ~1.06 and ~
 chi1 = 0.94), so those are left out of the fit.
 
 The network is ``gradflow.mlp([width] * (depth + 1), activation, "gaussian")``: its equal
-layers are stacked and run by one ``lax.scan`` (depth 1,000: ~14 s to the first result).
+layers are stacked and run by one ``lax.scan`` (depth 1,000: ~2 s to the first result).
 
 Estimators. Per seed s and layer l, ``rho_{s,l} = G_{s,l} / G_{s,l+1}`` with ``G_{s,l}`` the
 batch mean of ``||dC_x/dz^l_x||^2``. Given everything above layer l, ``E[rho_{s,l}] = chi1^l``

@@ -167,17 +167,15 @@ def _apply_error(x, e) -> ValueError:
 # The one backward pass
 
 
-def _zeros(specs):
-    return {name: jnp.zeros(s.shape, s.dtype) for name, s in specs.items()}
-
-
 def backward(model: Model, params, x, y, loss: str):
     """The loss, parameter gradients and per-example tap gradients from one backward pass.
 
     Returns:
-      ``(value, g_params, g_taps, values, records, specs)``: ``g_taps[name] = batch * dC/dp``
+      ``(value, g_params, g_taps, values, records, specs)``: ``g_taps`` holds ``batch * dC/dp``
       (each example's ``dC_x/dh_x``), ``values``/``records`` the tapped values and auxiliary
-      records, ``specs`` the taps' :class:`gradflow.taps.TapSpec` in call order.
+      records, keyed like :func:`gradflow.taps.zeros` (a scanned run's taps as one stacked
+      array: read tap ``name`` with ``taps.get(g_taps, specs, name)``), ``specs`` the taps'
+      :class:`gradflow.taps.TapSpec` in call order.
     """
     loss_fn = get_loss(loss)
     specs, _ = taps.discover(model.apply, params, x)
@@ -188,7 +186,7 @@ def backward(model: Model, params, x, y, loss: str):
 
     (value, (values, records)), (g_params, g_taps) = jax.value_and_grad(
         batch_loss, argnums=(0, 1), has_aux=True
-    )(params, _zeros(specs))
+    )(params, taps.zeros(specs))
     batch = x.shape[0]
     g_taps = {name: batch * g for name, g in g_taps.items()}
     return value, g_params, g_taps, values, records, specs
@@ -302,18 +300,20 @@ def _tap_statistics(g_taps, records, specs, dtype):
     :class:`LayerGradNorms`; the last is NaN where a tap has no ``<name>/input_sq`` record).
 
     Consecutive taps of one shape, dtype and batch axis (a scanned run's layers, or equal
-    unscanned ones) are stacked and reduced together: a few operations per run instead of per
+    unscanned ones) are read as one (k, ...) array (:func:`gradflow.taps.rows`: a scanned
+    run's stored array itself) and reduced together: a few operations per run instead of per
     layer, so a depth-1,000 scanned net compiles its statistics like a shallow one.
     """
 
     def run_key(name):  # taps that stack: same shape, dtype and batch axis; records or not
         spec = specs[name]
-        return spec.shape, spec.dtype, spec.batch_axis, f"{name}/input_sq" in records
+        recorded = taps.has_record(records, specs, name, "/input_sq")
+        return spec.shape, spec.dtype, spec.batch_axis, recorded
 
     hidden, zeros, wpe = [], [], []
     for (shape, _, batch_axis, recorded), run in itertools.groupby(specs, key=run_key):
         run = list(run)
-        g = jnp.stack([g_taps[n] for n in run])  # (k, *shape); the batch axis is batch_axis + 1
+        g = taps.rows(g_taps, specs, run)  # (k, *shape); the batch axis is batch_axis + 1
         # Per layer and example, (k, batch) each: sum of squares and count of exact zeros,
         # in one read.
         d_sq, n_zero = _sums(
@@ -324,7 +324,7 @@ def _tap_statistics(g_taps, records, specs, dtype):
         hidden.append(jnp.sqrt(jnp.mean(d_sq, axis=1)))
         zeros.append(jnp.sum(n_zero, axis=1) / math.prod(shape))
         if recorded:
-            rec = jnp.stack([records[f"{n}/input_sq"] for n in run])
+            rec = taps.rows(records, specs, run, "/input_sq")
             wpe.append(jnp.sqrt(jnp.mean(rec * d_sq, axis=1)))
         else:
             wpe.append(jnp.full((len(run),), jnp.nan, dtype))
@@ -350,7 +350,7 @@ def preact_grads(model: Model, params, x: jax.Array, y: jax.Array, loss: str = "
     for an RNN, ``{"rnn/h": (batch, time, n_hidden)}``.
     """
     _, _, g_taps, _, _, specs = backward(model, params, x, y, loss)
-    return {n: jnp.moveaxis(g_taps[n], s.batch_axis, 0) for n, s in specs.items()}
+    return {n: jnp.moveaxis(taps.get(g_taps, specs, n), s.batch_axis, 0) for n, s in specs.items()}
 
 
 @_jit_probe
@@ -380,6 +380,7 @@ def time_grad_norms(model: Model, params, x: jax.Array, y: jax.Array, loss: str 
     def rms(g):
         return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(g), axis=-1), axis=0))
 
-    hidden = rms(g_taps[roles["state"]])
-    cell = rms(g_taps[roles["cell"]]) if "cell" in roles else jnp.zeros_like(hidden)
+    state = lambda role: taps.get(g_taps, specs, roles[role])  # noqa: E731
+    hidden = rms(state("state"))
+    cell = rms(state("cell")) if "cell" in roles else jnp.zeros_like(hidden)
     return TimeGradNorms(hidden=hidden, cell=cell, loss=jnp.full(hidden.shape, value))

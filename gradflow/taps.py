@@ -9,7 +9,10 @@ Python call at trace time and nothing at run time.
 The state lives in a stack of frames that exists only while a probe traces (never while a
 compiled program runs), so it cannot leak between calls. A ``lax.scan`` over identical layers
 (:func:`gradflow.layers.serial`) pushes a :class:`ScanFrame`: the taps of its body become stacked
-taps, one per iteration, with per-iteration zero perturbations passed as the scan's inputs.
+taps, one per iteration, with per-iteration zero perturbations passed as the scan's inputs. A
+run's perturbation, tapped values, records and gradient stay one (k, ...) array under one key
+(:func:`zeros`, :func:`get`, :func:`rows`), so no per-layer operation is traced: at depth 1,000
+the probes compile as at depth 10.
 
 Limitation: a tap inside a user's own ``lax.scan``/``fori_loop`` body is traced once but runs many
 times; the probe would see one perturbation shared by all iterations. Tap the stacked outputs after
@@ -29,13 +32,72 @@ _state = threading.local()
 
 
 class TapSpec(NamedTuple):
-    """What discovery learned about one tap: its full name, shape, dtype and metadata."""
+    """What discovery learned about one tap: its full name, shape, dtype and metadata; ``stack``
+    is ``(key, i)`` for the i-th tap of a scanned run (its perturbation, value and gradient are
+    row i of one stacked array stored under ``key``, see :func:`get`), None otherwise."""
 
     name: str
     shape: tuple[int, ...]
     dtype: Any
     batch_axis: int
     meta: tuple  # sorted (key, value) pairs, e.g. (("activation", "tanh"),)
+    stack: tuple[str, int] | None = None
+
+
+STACK = "\x00stack:"
+"""Prefix of the keys under which a scanned run's taps (and records) are stored as one array
+(the first tap's name after it): never a tap name, which is printable."""
+
+
+def zeros(specs: dict[str, TapSpec]) -> dict:
+    """The zero perturbations of the taps ``specs``: one array per tap, or one (k, ...) array per
+    scanned run of k taps (under its :data:`STACK` key)."""
+    out = {}
+    for name, s in specs.items():
+        if s.stack is None:
+            out[name] = jnp.zeros(s.shape, s.dtype)
+        elif s.stack[1] == 0:
+            k = sum(1 for t in specs.values() if t.stack is not None and t.stack[0] == s.stack[0])
+            out[s.stack[0]] = jnp.zeros((k, *s.shape), s.dtype)
+    return out
+
+
+def get(store: dict, specs: dict[str, TapSpec], name: str):
+    """Tap ``name`` from a store keyed like :func:`zeros` (perturbations, their gradients, the
+    tapped values): its own entry, or its row of its scanned run's stacked array."""
+    if name in store:
+        return store[name]
+    spec = specs[name]
+    if spec.stack is None:
+        raise KeyError(name)
+    return store[spec.stack[0]][spec.stack[1]]
+
+
+def has_record(records: dict, specs: dict[str, TapSpec], tap: str, suffix: str) -> bool:
+    """Whether tap ``tap`` has the record ``tap + suffix`` (e.g. ``"/input_sq"``), by itself or
+    in its scanned run's stacked records."""
+    stack = specs[tap].stack
+    return tap + suffix in records or (stack is not None and stack[0] + suffix in records)
+
+
+def rows(store: dict, specs: dict[str, TapSpec], names: list[str], suffix: str = ""):
+    """The entries ``name + suffix`` of ``names`` stacked on a new leading axis, (k, ...): a
+    scanned run's stacked array is used whole (or sliced), so a run of k taps costs no per-tap
+    operation. ``suffix`` reads their records (``"/input_sq"``) instead of the taps."""
+    pieces, i = [], 0
+    while i < len(names):
+        stack = specs[names[i]].stack
+        if stack is None or names[i] + suffix in store:
+            pieces.append(store[names[i] + suffix][None])
+            i += 1
+            continue
+        (key, start), n = stack, 1
+        while i + n < len(names) and specs[names[i + n]].stack == (key, start + n):
+            n += 1
+        whole = store[key + suffix]
+        pieces.append(whole if start == 0 and n == whole.shape[0] else whole[start : start + n])
+        i += n
+    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
 
 
 def _frames() -> list:
@@ -171,16 +233,20 @@ class ProbeFrame:
         return h
 
     def tap_stacked(self, names: list[str], spec: TapSpec):
-        """Register one stacked tap per name (a scanned run); returns the (k, ...) perturbation."""
-        for n in names:
-            self._claim(spec._replace(name=n))
+        """Register one stacked tap per name (a scanned run); returns the (k, ...) perturbation:
+        the run's stacked entry (``perturb[STACK + names[0]]``), or per-name entries stacked."""
+        key = STACK + names[0]
+        for i, n in enumerate(names):
+            self._claim(spec._replace(name=n, stack=(key, i)))
         if self.perturb is None:
             return jnp.zeros((len(names), *spec.shape), spec.dtype)
+        if key in self.perturb:
+            return self.perturb[key]
         return jnp.stack([self.perturb[n] for n in names])
 
     def set_stacked(self, names: list[str], values: jax.Array, store: dict) -> None:
-        for i, n in enumerate(names):
-            store[n] = values[i]
+        """Store a scanned run's (k, ...) values under its stacked key (:func:`get` reads a row)."""
+        store[STACK + names[0]] = values
 
     def record(self, name: str, value) -> None:
         self.records[name] = value

@@ -329,7 +329,7 @@ def _tapped_backward(model, params, x, y, loss_fn):
         out, values, records = taps.run_tapped(model.apply, params, x, perturb)
         return jnp.mean(loss_fn(out, y)), (out, values, records)
 
-    zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in specs.items()}
+    zeros = taps.zeros(specs)
     (value, (out, values, records)), (g_params, g_taps) = jax.value_and_grad(
         batch_loss, argnums=(0, 1), has_aux=True
     )(params, zeros)
