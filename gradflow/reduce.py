@@ -69,16 +69,17 @@ def lane_sums(arrays, n_keep: int) -> tuple[jax.Array, ...]:
 
     Each array, flattened to ``(*kept, n)``, is read as ``(*kept, n // 64, 8, 8)`` and summed
     over its second-to-last axis: blocks of 8 rows added as vectors into ``(*kept, r, 8)``
-    partial sums (r = n // 64). While r > 64, the partials are summed the same way again,
-    blocks of 8 rows into ``(*kept, r // 8, 8)``; the last at most 512 partials of each output
-    are one sum, which XLA:CPU rewrites into a reduce-window run as a scalar chain (~1 element
-    a nanosecond): over all 2,936 partials of a 784 x 30 leaf that chain took longer than the
-    first level (the sum: 1.9 -> 1.0 us with the second level; a level down to 8 rows more
-    was 3-6% slower in ``train``'s full-batch recording step on 2 cores, though not on 1).
-    Each level leaves its last 1 to 8 rows out (added at the end) so that two operations read
-    it: XLA then writes the level out instead of fusing it into the next one and re-running it
-    element by element. Barriers keep XLA's simplifier from folding the levels back into one
-    sum. The last ``n % 64`` elements are one variadic reduction (:func:`sums`).
+    partial sums (r = n // 64). While r > 64, the partials are summed the same way again: their
+    first q = 8 * ((r - 1) // 8) rows in blocks of 8 into ``(*kept, q // 8, 8)``, the other 1 to
+    8 rows added at the end. The last at most 512 partials of each output are one sum, which
+    XLA:CPU rewrites into a reduce-window run as a scalar chain (~1 element a nanosecond): over
+    all 2,936 partials of a 784 x 30 leaf that chain took longer than the first level (the sum:
+    1.95 -> 1.08 us with the second level; a level down to 8 rows more was 3-6% slower in
+    ``train``'s full-batch recording step on 2 cores, though not on 1). The left-out rows make
+    two operations read each level: XLA then writes it out instead of fusing it into the next
+    one and re-running it element by element. Barriers keep XLA's simplifier from folding the
+    levels back into one sum. The last ``n % 64`` elements are one variadic reduction
+    (:func:`sums`).
     """
     kept = arrays[0].shape[:n_keep]
     n = math.prod(arrays[0].shape[n_keep:])
@@ -92,7 +93,7 @@ def lane_sums(arrays, n_keep: int) -> tuple[jax.Array, ...]:
     while partial[0].shape[-2] > LANES * LANES:
         q = (partial[0].shape[-2] - 1) // LANES * LANES  # leaves 1 to 8 rows
         for r, p in zip(rest, partial, strict=True):
-            r.append(p[..., q:, :].reshape(*kept, -1))
+            r.append(p[..., q:, :].reshape(*kept, (p.shape[-2] - q) * LANES))
         partial = lax.optimization_barrier(
             tuple(jnp.sum(p[..., :q, :].reshape(*kept, q // LANES, LANES, LANES), axis=-2)
                   for p in partial)

@@ -11,8 +11,9 @@ compiled program runs), so it cannot leak between calls. A ``lax.scan`` over ide
 (:func:`gradflow.layers.serial`) pushes a :class:`ScanFrame`: the taps of its body become stacked
 taps, one per iteration, with per-iteration zero perturbations passed as the scan's inputs. A
 run's perturbation, tapped values, records and gradient stay one (k, ...) array under one key
-(:func:`zeros`, :func:`get`, :func:`rows`), so no per-layer operation is traced: at depth 1,000
-the probes compile as at depth 10.
+(:func:`zeros`, :func:`get`, :func:`rows`): ``layer_grad_norms``, ``diagnose`` and ``train``
+trace no per-layer operation, and compile at depth 1,000 as at depth 10 (``preact_grads`` and
+the coordinate check still return or reduce one array per tap).
 
 Limitation: a tap inside a user's own ``lax.scan``/``fori_loop`` body is traced once but runs many
 times; the probe would see one perturbation shared by all iterations. Tap the stacked outputs after
@@ -46,7 +47,7 @@ class TapSpec(NamedTuple):
 
 STACK = "\x00stack:"
 """Prefix of the keys under which a scanned run's taps (and records) are stored as one array
-(the first tap's name after it): never a tap name, which is printable."""
+(the first tap's name after it); no tap name may start with it (:meth:`ProbeFrame._claim`)."""
 
 
 def zeros(specs: dict[str, TapSpec]) -> dict:
@@ -189,7 +190,8 @@ def perturbation(name: str, shape, dtype, *, batch_axis: int = 0, **meta):
         return None
     if isinstance(frame, ScanFrame):
         raise ValueError(f"tap {name!r}: a recurrent layer inside a scanned run cannot be probed")
-    spec = TapSpec(_full(frame, name), tuple(shape), dtype, batch_axis, tuple(sorted(meta.items())))
+    axis = batch_axis % max(len(shape), 1)
+    spec = TapSpec(_full(frame, name), tuple(shape), dtype, axis, tuple(sorted(meta.items())))
     frame._claim(spec)
     if frame.perturb is None:
         return jnp.zeros(spec.shape, dtype)
@@ -218,6 +220,8 @@ class ProbeFrame:
         self.records: dict[str, jax.Array] = {}
 
     def _claim(self, spec: TapSpec) -> None:
+        if spec.name.startswith(STACK):
+            raise ValueError(f"tap name {spec.name!r} starts with a NUL byte; pick another name")
         if spec.name in self.specs:
             raise ValueError(
                 f"tap name {spec.name!r} is used twice in one call of apply; give each "
@@ -347,10 +351,13 @@ def discover(apply, params, x) -> tuple[dict[str, TapSpec], Any]:
 
 
 def run_tapped(apply, params, x, perturb: dict):
-    """``apply(params, x)`` with ``perturb[name]`` added at every tap.
+    """``apply(params, x)`` with the perturbations ``perturb`` (keyed like :func:`zeros`; a
+    scanned run's taps also accept one entry per name) added at the taps.
 
     Returns: ``(output, values, records)``: the tapped values (after the perturbation) and the
-    auxiliary records, by full name.
+    auxiliary records, keyed like :func:`zeros`: by full name, except a scanned run's, stored
+    as one (k, ...) array under its :data:`STACK` key (read them with :func:`get`,
+    :func:`rows`).
     """
     frame = ProbeFrame(perturb)
     with _push(frame):

@@ -21,6 +21,7 @@ from gradflow.reduce import sums
         ((100, 7), (0,)),  # kept axis last, n >= 64: moved to the front, then blocks
         ((256, 256), (0, 1)),  # three levels of blocks: 1,024 -> 127 -> 15 rows of 8
         ((3, 100, 100), (1, 2)),  # stacked, two levels (156 -> 19 rows), a tail of 16
+        ((0, 100, 100), (1, 2)),  # an empty kept axis (an empty batch): empty sums
     ],
 )
 def test_sums_match_float64(shape, axes):
