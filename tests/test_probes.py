@@ -560,3 +560,15 @@ def test_tap_rows_mix_single_taps_and_stacked_runs():
     assert not taps.has_record(records, specs, "a", "/input_sq")
     got = taps.rows(records, specs, ["r2", "r3"], "/input_sq")
     np.testing.assert_array_equal(got, run[2:] * 10)
+
+
+def test_tap_specs_normalise_the_batch_axis_and_refuse_the_stack_prefix():
+    """taps.perturbation stores a negative batch axis as tap() does (the run statistics move
+    axis batch_axis + 1 of a stacked run); no tap may be named with taps.STACK's prefix."""
+    frame = taps.ProbeFrame(None)
+    with taps._push(frame):
+        taps.perturbation("h", (3, 5, 4), jnp.float32, batch_axis=-3)
+        taps.tap(jnp.zeros((5, 2)), "z", batch_axis=-2)
+        with pytest.raises(ValueError, match="NUL byte"):
+            taps.tap(jnp.zeros(2), taps.STACK + "x")
+    assert frame.specs["h"].batch_axis == 0 and frame.specs["z"].batch_axis == 0
