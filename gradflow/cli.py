@@ -222,13 +222,8 @@ def _chunk_size(text):
 def cmd_sweep(args) -> int:
     import gradflow as gf
 
-    if args.out is not None:
-        gf.io.check_output_dir(args.out, "--out")
-    gf.losses.get_loss(args.loss)
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    cli_runs.check_common(args)
     chunk = _chunk_size(args.chunk_size)
-    cli_runs.check_sweep_flags(args)
     model, x, y, desc = cli_runs.build_model(args, load_batch)
     print(f"model: {desc}; loss {args.loss}; {args.seeds} seeds")
     resuming = bool(args.out) and (pathlib.Path(args.out) / "run.json").exists()

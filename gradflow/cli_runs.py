@@ -136,7 +136,9 @@ def build_model(args, load_batch):
     return model, x, y, desc
 
 
-def _check_common(args) -> None:
+def check_common(args) -> None:
+    """The checks every sweeping subcommand (sweep, train, diagnose) makes before building the
+    model: --out, --loss, --seeds, and the sweep's own flags."""
     import gradflow as gf
 
     if args.out is not None:
@@ -144,10 +146,10 @@ def _check_common(args) -> None:
     gf.losses.get_loss(args.loss)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    check_sweep_flags(args)
+    _check_sweep_flags(args)
 
 
-def check_sweep_flags(args) -> None:
+def _check_sweep_flags(args) -> None:
     """The sweep's own checks of ``--memory``, ``--vmap-size`` and ``--devices``, made before the
     model is built or anything is printed (the sweep makes them again)."""
     from gradflow.memory import parse_bytes
@@ -172,7 +174,7 @@ def cmd_train(args, load_batch, chunk) -> int:
     import gradflow as gf
     from gradflow import io, plots
 
-    _check_common(args)
+    check_common(args)
     for name in ("steps", "record_every"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -251,7 +253,7 @@ def cmd_diagnose(args, load_batch, chunk) -> int:
     from gradflow.diagnose import diagnose
     from gradflow.report import report
 
-    _check_common(args)
+    check_common(args)
     if args.hessian_iterations < 0:
         raise ValueError(f"--hessian-iterations must be >= 0, got {args.hessian_iterations}")
     model, x, y, desc = build_model(args, load_batch)

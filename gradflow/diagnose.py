@@ -20,7 +20,6 @@ saddle points); Ghorbani, Krishnan & Xiao 2019 (arXiv:1901.10159, Lanczos Hessia
 
 from __future__ import annotations
 
-import itertools
 from typing import NamedTuple
 
 import jax
@@ -135,19 +134,15 @@ def _unit_fractions(g_taps, values, specs, dtype):
     """``(underflow, dead, saturated)``, each (T,) in tap order (see :class:`Diagnosis`).
 
     Consecutive taps of one shape, dtype, batch axis and activation (a scanned run's layers) are
-    stacked (:func:`gradflow.taps.rows`) and measured together: a few operations per run, so a
-    depth-1,000 scanned net is diagnosed like a shallow one.
+    read as one array (:func:`gradflow.taps.runs`, :func:`gradflow.taps.rows`) and measured
+    together: a few operations per run, so a depth-1,000 scanned net is diagnosed like a
+    shallow one.
     """
     tiny = jnp.finfo(dtype).tiny
-
-    def run_key(name):
-        spec = specs[name]
-        return spec.shape, spec.dtype, spec.batch_axis, dict(spec.meta).get("activation")
-
+    activation = lambda name: dict(specs[name].meta).get("activation")  # noqa: E731
     underflow, dead, saturated = [], [], []
-    for (_, _, batch_axis, act_name), run in itertools.groupby(specs, key=run_key):
-        run = list(run)
-        d = jnp.moveaxis(taps.rows(g_taps, specs, run), batch_axis + 1, 1)  # (k, batch, ...)
+    for spec, run, act_name in taps.runs(specs, activation):
+        d = jnp.moveaxis(taps.rows(g_taps, specs, run), spec.batch_axis + 1, 1)  # (k, batch, ..)
         units = tuple(range(1, d.ndim))
         nz = d != 0
         n_small = jnp.sum(nz & (jnp.abs(d) < tiny), axis=units)

@@ -16,7 +16,6 @@ it is the example's share of the batch gradient).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from functools import wraps
 
@@ -177,19 +176,25 @@ def backward(model: Model, params, x, y, loss: str):
       array: read tap ``name`` with ``taps.get(g_taps, specs, name)``), ``specs`` the taps'
       :class:`gradflow.taps.TapSpec` in call order.
     """
+    return backward_with_output(model, params, x, y, loss)[1]
+
+
+def backward_with_output(model: Model, params, x, y, loss: str):
+    """``(output, back)``: the model's output (e.g. for an accuracy) and :func:`backward`'s
+    tuple ``back``, from the same one pass."""
     loss_fn = get_loss(loss)
     specs, _ = taps.discover(model.apply, params, x)
 
     def batch_loss(params, perturb):
         out, values, records = taps.run_tapped(model.apply, params, x, perturb)
-        return jnp.mean(loss_fn(out, y)), (values, records)
+        return jnp.mean(loss_fn(out, y)), (out, values, records)
 
-    (value, (values, records)), (g_params, g_taps) = jax.value_and_grad(
+    (value, (out, values, records)), (g_params, g_taps) = jax.value_and_grad(
         batch_loss, argnums=(0, 1), has_aux=True
     )(params, taps.zeros(specs))
     batch = x.shape[0]
-    g_taps = {name: batch * g for name, g in g_taps.items()}
-    return value, g_params, g_taps, values, records, specs
+    g_taps = {name: batch * g for name, g in g_taps.items()}  # each example's dC_x/dh_x
+    return out, (value, g_params, g_taps, values, records, specs)
 
 
 def _is_bias(path) -> bool:
@@ -299,20 +304,15 @@ def _tap_statistics(g_taps, records, specs, dtype):
     """``(hidden, zero_fraction, weights_per_example)``, each (T,) in tap order (see
     :class:`LayerGradNorms`; the last is NaN where a tap has no ``<name>/input_sq`` record).
 
-    Consecutive taps of one shape, dtype and batch axis (a scanned run's layers, or equal
-    unscanned ones) are read as one (k, ...) array (:func:`gradflow.taps.rows`: a scanned
-    run's stored array itself) and reduced together: a few operations per run instead of per
-    layer, so a depth-1,000 scanned net compiles its statistics like a shallow one.
+    Each run of taps that stack (:func:`gradflow.taps.runs`: a scanned run's layers, or equal
+    unscanned ones) is read as one (k, ...) array (:func:`gradflow.taps.rows`: a scanned run's
+    stored array itself) and reduced together: a few operations per run instead of per layer,
+    so a depth-1,000 scanned net compiles its statistics like a shallow one.
     """
-
-    def run_key(name):  # taps that stack: same shape, dtype and batch axis; records or not
-        spec = specs[name]
-        recorded = taps.has_record(records, specs, name, "/input_sq")
-        return spec.shape, spec.dtype, spec.batch_axis, recorded
-
+    recorded = lambda name: taps.has_record(records, specs, name, "/input_sq")  # noqa: E731
     hidden, zeros, wpe = [], [], []
-    for (shape, _, batch_axis, recorded), run in itertools.groupby(specs, key=run_key):
-        run = list(run)
+    for spec, run, has_input_sq in taps.runs(specs, recorded):
+        shape, batch_axis = spec.shape, spec.batch_axis
         g = taps.rows(g_taps, specs, run)  # (k, *shape); the batch axis is batch_axis + 1
         # Per layer and example, (k, batch) each: sum of squares and count of exact zeros,
         # in one read.
@@ -323,7 +323,7 @@ def _tap_statistics(g_taps, records, specs, dtype):
         )
         hidden.append(jnp.sqrt(jnp.mean(d_sq, axis=1)))
         zeros.append(jnp.sum(n_zero, axis=1) / math.prod(shape))
-        if recorded:
+        if has_input_sq:
             rec = taps.rows(records, specs, run, "/input_sq")
             wpe.append(jnp.sqrt(jnp.mean(rec * d_sq, axis=1)))
         else:

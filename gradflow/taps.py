@@ -22,7 +22,9 @@ the loop instead (or build the loop from :func:`gradflow.layers.serial`, which s
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import threading
 from typing import Any, NamedTuple
 
@@ -53,13 +55,13 @@ STACK = "\x00stack:"
 def zeros(specs: dict[str, TapSpec]) -> dict:
     """The zero perturbations of the taps ``specs``: one array per tap, or one (k, ...) array per
     scanned run of k taps (under its :data:`STACK` key)."""
+    runs = collections.Counter(s.stack[0] for s in specs.values() if s.stack is not None)
     out = {}
     for name, s in specs.items():
         if s.stack is None:
             out[name] = jnp.zeros(s.shape, s.dtype)
         elif s.stack[1] == 0:
-            k = sum(1 for t in specs.values() if t.stack is not None and t.stack[0] == s.stack[0])
-            out[s.stack[0]] = jnp.zeros((k, *s.shape), s.dtype)
+            out[s.stack[0]] = jnp.zeros((runs[s.stack[0]], *s.shape), s.dtype)
     return out
 
 
@@ -79,6 +81,16 @@ def has_record(records: dict, specs: dict[str, TapSpec], tap: str, suffix: str) 
     in its scanned run's stacked records."""
     stack = specs[tap].stack
     return tap + suffix in records or (stack is not None and stack[0] + suffix in records)
+
+
+def runs(specs: dict[str, TapSpec], key=lambda name: None):
+    """Runs of consecutive taps that stack, in call order: ``(spec, names, key(name))`` for each
+    run of taps of one shape, dtype and batch axis (a scanned run's layers, or equal unscanned
+    ones) whose ``key`` is equal too; ``spec`` is the first tap's. Read a run with :func:`rows`."""
+    same = lambda n: (specs[n].shape, specs[n].dtype, specs[n].batch_axis, key(n))  # noqa: E731
+    for (*_, k), names in itertools.groupby(specs, key=same):
+        names = list(names)
+        yield specs[names[0]], names, k
 
 
 def rows(store: dict, specs: dict[str, TapSpec], names: list[str], suffix: str = ""):

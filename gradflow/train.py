@@ -34,12 +34,12 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from gradflow import taps
 from gradflow.losses import get_loss
 from gradflow.models import Model
 from gradflow.probes import (
     LayerGradNorms,
     _is_bias,
+    backward_with_output,
     layer_square_sums,
     norms_from_backward,
     validate,
@@ -254,7 +254,7 @@ def _train(
     def probe(params, s, perm):
         """Step s's batch, gradient and records (without the update ratio), from one pass."""
         xb, yb, perm = batch(s, perm)
-        out, back = _tapped_backward(model, params, xb, yb, loss_fn)
+        out, back = backward_with_output(model, params, xb, yb, loss)
         norms = norms_from_backward(model, params, xb, back)
         rec = (norms, _accuracy(out, yb, loss), *_evaluate(model, params, evals, loss))
         return xb, back[1], rec, perm
@@ -314,27 +314,6 @@ def _batch(x, y, key, batch_size, s, perm):
     )
     idx = lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
     return x[idx], y[idx], perm
-
-
-def _tapped_backward(model, params, x, y, loss_fn):
-    """``(output, back)``: :func:`gradflow.probes.backward`'s tuple ``back`` (loss, parameter
-    gradients, per-example tap gradients, ...) plus the model's output, from one pass.
-
-    The same computation as ``probes.backward``, which does not return the output (needed for
-    the accuracy); the parameter gradients equal ``jax.grad`` of the batch-mean loss.
-    """
-    specs, _ = taps.discover(model.apply, params, x)
-
-    def batch_loss(params, perturb):
-        out, values, records = taps.run_tapped(model.apply, params, x, perturb)
-        return jnp.mean(loss_fn(out, y)), (out, values, records)
-
-    zeros = taps.zeros(specs)
-    (value, (out, values, records)), (g_params, g_taps) = jax.value_and_grad(
-        batch_loss, argnums=(0, 1), has_aux=True
-    )(params, zeros)
-    g_taps = {name: x.shape[0] * g for name, g in g_taps.items()}  # each example's dC_x/dh_x
-    return out, (value, g_params, g_taps, values, records, specs)
 
 
 def _accuracy(out, y, loss: str):

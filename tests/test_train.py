@@ -89,7 +89,7 @@ def test_recording_does_not_change_training(small):
     # The probes' gradient is jax.grad of the batch-mean loss (same ops; float32 rounding at most).
     loss_fn = gf.losses.get_loss("sigmoid_xent")
     want = jax.grad(lambda p: jnp.mean(loss_fn(model.apply(p, x), y)))(params)
-    _, back = tr._tapped_backward(model, params, x, y, loss_fn)
+    _, back = gf.probes.backward_with_output(model, params, x, y, "sigmoid_xent")
     for u, v in zip(jax.tree.leaves(back[1]), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-9)
 
