@@ -212,17 +212,24 @@ class SeedCost(NamedTuple):
       flops: matmul-equivalent floating-point operations: its matrix products and
         convolutions, and its dense factorisations times :data:`FACTOR_WEIGHT` (scan bodies
         times their length); elementwise work is not counted.
+      step_flops: the same with every loop body counted once: the work of one step of a
+        training run or of a scan over layers, which is what one vectorised group's kernels
+        hold at a time. Equal to ``flops`` for a program without loops.
     """
 
     result_bytes: int
     traced_bytes: int
     flops: float
+    step_flops: float | None = None  # None: as flops
 
 
 def seed_cost(closed_jaxpr) -> SeedCost:
     """One seed's :class:`SeedCost`, read off the closed jaxpr of its program."""
     out = sum(math.prod(a.shape) * a.dtype.itemsize for a in closed_jaxpr.out_avals) + 8
-    return SeedCost(out, traced_bytes(closed_jaxpr), jaxpr_flops(closed_jaxpr.jaxpr))
+    jaxpr = closed_jaxpr.jaxpr
+    return SeedCost(
+        out, traced_bytes(closed_jaxpr), jaxpr_flops(jaxpr), jaxpr_flops(jaxpr, per_step=True)
+    )
 
 
 FACTOR_WEIGHT = 3.0
@@ -235,11 +242,22 @@ sweep of fewer seeds than one group paid for the padding (8 seeds x 2 inputs, de
 call, and one seed per group was the slowest split measured (bench/README.md, stop 21)."""
 
 
+FACTORISATIONS = ("qr", "svd", "eigh", "eig", "cholesky", "triangular_solve", "lu")
+
+
+def _factorises(jaxpr) -> bool:
+    """Whether a jaxpr or any of its sub-jaxprs holds a dense factorisation."""
+    return any(
+        eqn.primitive.name in FACTORISATIONS or any(map(_factorises, sub_jaxprs(eqn)))
+        for eqn in jaxpr.eqns
+    )
+
+
 def _factor_flops(name: str, eqn) -> float:
     """Nominal FLOPs of one dense factorisation equation (the leading terms of LAPACK Working
     Note 41: geqrf, orgqr, gesdd, syevd, potrf, trsm, getrf, geev), its batch dimensions
     included; 0 for any other primitive."""
-    if name not in ("qr", "svd", "eigh", "eig", "cholesky", "triangular_solve", "lu"):
+    if name not in FACTORISATIONS:
         return 0.0
     shape = eqn.invars[0].aval.shape
     batch, (m, n) = math.prod(shape[:-2]), shape[-2:]
@@ -271,10 +289,15 @@ def _factor_flops(name: str, eqn) -> float:
     return batch * f
 
 
-def jaxpr_flops(jaxpr) -> float:
+def jaxpr_flops(jaxpr, per_step: bool = False) -> float:
     """Matmul-equivalent FLOPs of a jaxpr: its ``dot_general`` and convolution equations, plus
     its dense factorisations weighted by :data:`FACTOR_WEIGHT`; sub-jaxprs included (a scan's
-    body counted ``length`` times; both branches of a ``cond``; a while loop's body once)."""
+    body counted ``length`` times; both branches of a ``cond``; a while loop's body once).
+
+    With ``per_step``, a scan's body counts once (one step of the loop, which is what a wider
+    vmapped group widens), unless it holds a factorisation: on CPU a batched factorisation is
+    one LAPACK call per seed whatever the group, so a loop of them gains nothing from a wider
+    group and keeps its whole length (the stable spectra: groups of 2-4 ran best, stop 21)."""
     n = 0.0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
@@ -293,8 +316,11 @@ def jaxpr_flops(jaxpr) -> float:
             )
         else:
             n += FACTOR_WEIGHT * _factor_flops(name, eqn)
-        times = eqn.params.get("length", 1) if name == "scan" else 1
-        n += sum(times * jaxpr_flops(sub) for sub in sub_jaxprs(eqn))
+        for sub in sub_jaxprs(eqn):
+            times = eqn.params.get("length", 1) if name == "scan" else 1
+            if per_step and not _factorises(sub):
+                times = 1
+            n += times * jaxpr_flops(sub, per_step)
     return n
 
 
@@ -302,7 +328,14 @@ GROUP_FLOPS = 8e9
 """Matmul FLOPs a vmapped group of seeds should hold: enough that small per-seed matmuls
 (Nielsen's nets: 0.15 GFLOP a seed) are batched into efficient ones, few enough that a seed
 whose matmuls already fill the device (depth 50, width 256: 2.5 GFLOP) is not widened into
-memory-bound ones (bench/README.md: groups of 32 and 4 were the best measured there)."""
+memory-bound ones (bench/README.md: groups of 32 and 4 were the best measured there). Held
+by one step of a program with loops (:attr:`SeedCost.step_flops`)."""
+
+PAD_FLOPS = 64e9
+"""Bound on a group's whole work (:attr:`SeedCost.flops`), so the padding a sweep of fewer
+seeds than a group pays stays bounded for long loops: a training run of 32 Adam steps of a
+width-256 MLP (5.4 GFLOP a seed, 0.17 a step) runs in groups of 8, not of the 2 its total
+alone gave (16 seeds: 0.89 s against 1.17 s; bench/README.md, stop 24)."""
 
 MAX_GROUP = 64  # the most padding a sweep of fewer seeds pays (tiny models: negligible)
 GROUPS_PER_CHUNK = 8
@@ -322,15 +355,19 @@ class Plan(NamedTuple):
 def default_plan(cost: SeedCost, n_items: int, n_devices: int, budget: int) -> Plan:
     """Chunk and group sizes from one seed's cost alone: no candidate is compiled.
 
-    The group (``vmap_size``) is the power of two nearest ``GROUP_FLOPS / cost.flops``, at most
-    ``MAX_GROUP``, shrunk until ``group * cost.traced_bytes`` (an overestimate) fits the budget,
-    and a multiple of the device count. It depends on the program, never on ``n_items``, so a
-    seed's numbers are the same whatever the number of seeds or the chunk (XLA picks its matmul
-    kernels by shape: a different group size can move results by float rounding). A chunk holds
-    up to ``GROUPS_PER_CHUNK`` groups.
+    The group (``vmap_size``) is the power of two nearest ``GROUP_FLOPS / cost.step_flops`` (one
+    step's work: the whole program when it has no loop), at most ``MAX_GROUP`` and at most the power
+    of two below ``PAD_FLOPS / cost.flops`` (the whole run's work), shrunk until ``group *
+    cost.traced_bytes`` (an overestimate) fits the budget, and a multiple of the device count. It
+    depends on the program, never on ``n_items``, so a seed's numbers are the same whatever the
+    number of seeds or the chunk (XLA picks its matmul kernels by shape: a different group size can
+    move results by float rounding). A chunk holds up to ``GROUPS_PER_CHUNK`` groups.
     """
-    ratio = GROUP_FLOPS / max(cost.flops, 1.0)
+    step = cost.flops if cost.step_flops is None else cost.step_flops
+    ratio = GROUP_FLOPS / max(step, 1.0)
     group = int(min(MAX_GROUP, 2 ** max(0, round(math.log2(ratio))))) if ratio > 1 else 1
+    pad = PAD_FLOPS / max(cost.flops, 1.0)
+    group = min(group, 2 ** max(0, math.floor(math.log2(pad))))
     while group > 1 and group * cost.traced_bytes / n_devices > budget:
         group //= 2
     group = -(-group // n_devices) * n_devices

@@ -114,6 +114,67 @@ def test_default_plan_from_flops_and_bytes():
     assert default_plan(small, 10**6, 1, budget=5 * 2**20).vmap_size == 4
 
 
+def test_default_plan_sizes_a_loop_by_one_step_bounded_by_the_whole_run():
+    from gradflow.memory import GROUP_FLOPS, PAD_FLOPS, SeedCost, default_plan
+
+    # A loop of small steps: the group from one step (GROUP_FLOPS / step: 40 -> 32) ...
+    short = SeedCost(100, 2**20, flops=PAD_FLOPS / 64, step_flops=GROUP_FLOPS / 40)
+    assert default_plan(short, 10**6, 1, 2**40).vmap_size == 32
+    # ... at most the power of two below PAD_FLOPS / flops (a long run: 10.7 -> 8) ...
+    long = short._replace(flops=PAD_FLOPS / 10.7)
+    assert default_plan(long, 10**6, 1, 2**40).vmap_size == 8
+    assert default_plan(long._replace(flops=PAD_FLOPS * 3), 10**6, 1, 2**40).vmap_size == 1
+    # ... and never wider than the whole program alone would give (no loop: step == flops).
+    flat = SeedCost(100, 2**20, flops=GROUP_FLOPS / 40, step_flops=GROUP_FLOPS / 40)
+    assert default_plan(flat, 10**6, 1, 2**40) == default_plan(
+        flat._replace(step_flops=None), 10**6, 1, 2**40
+    )
+
+
+def test_seed_flops_per_step_count_a_scan_body_once_unless_it_factorises():
+    from gradflow.memory import FACTOR_WEIGHT, jaxpr_flops, seed_cost
+
+    w = jnp.ones((8, 8))
+    matmuls = jax.make_jaxpr(
+        lambda m: lax.scan(lambda c, _: (c @ w, None), m @ w, None, length=5)[0]
+    )(w)
+    assert jaxpr_flops(matmuls.jaxpr) == pytest.approx(6 * 2 * 8**3, rel=1e-12)
+    assert jaxpr_flops(matmuls.jaxpr, per_step=True) == pytest.approx(2 * 2 * 8**3, rel=1e-12)
+    cost = seed_cost(matmuls)
+    assert (cost.flops, cost.step_flops) == (6 * 2 * 8**3, 2 * 2 * 8**3)
+    # A factorisation in the body (the stable spectra): LAPACK runs one seed at a time, so the
+    # loop keeps its length, its matmuls too.
+    qr_loop = jax.make_jaxpr(
+        lambda m: lax.scan(lambda c, _: (jnp.linalg.qr(c @ w)[0], None), m, None, length=4)[0]
+    )(w).jaxpr
+    per_body = 2 * 8**3 + FACTOR_WEIGHT * (4 * 8**3 - 4 * 8**3 / 3)
+    assert jaxpr_flops(qr_loop, per_step=True) == pytest.approx(4 * per_body, rel=1e-12)
+    assert jaxpr_flops(qr_loop) == pytest.approx(4 * per_body, rel=1e-12)
+
+
+def test_a_training_sweep_is_grouped_by_one_step():
+    """gf.train's scan over steps: one step's FLOPs size the group, so a longer run does not
+    shrink it until the whole run's work reaches PAD_FLOPS."""
+    from gradflow.memory import default_plan
+    from gradflow.train import train
+
+    model = gf.mlp([16, 32, 4], "tanh")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, 16)).astype(np.float32)
+    y = rng.integers(0, 4, size=64).astype(np.int32)
+    costs = {}
+    for steps in (10, 1000):
+        kw = dict(loss="xent", steps=steps, batch_size=8, key=0, record_every=0)
+        job = gf.sweep_engine._prepare(train, model, 4, (x, y), kw, *[None] * 3)
+        costs[steps] = job.cost
+    # A step: forward and weight-gradient matmuls, and the input gradient of the second layer.
+    per_step = 2 * 8 * (2 * 16 * 32 + 3 * 32 * 4)
+    assert costs[1000].flops == pytest.approx(1000 * per_step, rel=1e-9)
+    assert costs[10].step_flops == costs[1000].step_flops == pytest.approx(per_step, rel=1e-9)
+    plans = {s: default_plan(c, 100, 1, 2**40).vmap_size for s, c in costs.items()}
+    assert plans[10] == plans[1000] == 64
+
+
 def test_seed_flops_count_factorisations_at_their_weight():
     """Matmul-equivalent FLOPs: each factorisation's leading LAPACK term (written out here),
     batch included, times FACTOR_WEIGHT; inside a scan, times its length."""
