@@ -35,7 +35,7 @@ import optax
 from jax import lax
 
 from gradflow.losses import get_loss
-from gradflow.models import Model
+from gradflow.models import Model, loop_input
 from gradflow.probes import (
     LayerGradNorms,
     _is_bias,
@@ -236,7 +236,11 @@ def _train(
 ):
     tx = _build(optimizer, rates)  # inside the trace: the rates may be traced
     loss_fn = get_loss(loss)
-    batch = partial(_batch, x, y, key, batch_size)
+    if batch_size is None:  # the same x every step: a feature-major model's x.T stored once
+        get_x = loop_input(model, x)
+        batch = lambda s, perm: (get_x(), y, perm)  # noqa: E731
+    else:
+        batch = partial(_batch, x, y, key, batch_size)
 
     def plain_step(carry, s):
         params, opt_state, perm = carry
@@ -302,9 +306,7 @@ def _update(tx, grads, opt_state, params):
 
 
 def _batch(x, y, key, batch_size, s, perm):
-    """Step ``s``'s batch ``(x_b, y_b)`` and the current epoch's permutation."""
-    if batch_size is None:
-        return x, y, perm
+    """Step ``s``'s mini-batch ``(x_b, y_b)`` and the current epoch's permutation."""
     n = x.shape[0]
     per_epoch = n // batch_size
     epoch, i = s // per_epoch, s % per_epoch

@@ -94,6 +94,47 @@ def test_recording_does_not_change_training(small):
         np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-9)
 
 
+def test_full_batch_feature_major_input_is_stored_transposed_once():
+    """A full-batch run hands a feature-major model its input through models.loop_input: x.T
+    stored before the loop, so the first layer's weight gradient contracts the minor axis of
+    a stored (n, batch) array (lhs_contracting_dims={1}), where the model's own x.T folded into
+    the product contracts x's major axis ({0}). Same training to float rounding, and
+    recording still changes nothing, bit for bit."""
+    import dataclasses
+    import re
+
+    model = gf.mlp([40, 16, 3], "sigmoid", "nielsen")
+    assert model.feature_major
+    x = jax.random.uniform(jax.random.key(1), (64, 40))
+    y = jax.random.randint(jax.random.key(2), (64,), 0, 3)
+    params = model.init(jax.random.key(0))
+    get = gf.models.loop_input(model, x)
+    np.testing.assert_array_equal(get(), x)
+    plain_model = dataclasses.replace(model, feature_major=False)  # the same apply, x as is
+    assert gf.models.loop_input(plain_model, x)() is x
+
+    def weight_gradient_contraction(m):
+        rates = tr._rates("sgd", 0.1, None)
+        hlo = tr._train.lower(
+            m, params, x, y, None, None, rates, optimizer="sgd", loss="sigmoid_xent",
+            steps=3, batch_size=None, record_every=0,
+        ).compile().as_text()  # fmt: skip
+        dots = re.findall(r"f32\[40,16\]\{1,0\} dot\(.*?lhs_contracting_dims=\{(\d)\}", hlo)
+        assert len(dots) == 1, dots
+        return dots[0]
+
+    assert weight_gradient_contraction(model) == "1"
+    assert weight_gradient_contraction(plain_model) == "0"
+    kw = dict(steps=4, optimizer="adam", learning_rate=0.05)
+    got = train(model, params, x, y, "sigmoid_xent", record_every=0, **kw)
+    want = train(plain_model, params, x, y, "sigmoid_xent", record_every=0, **kw)
+    for u, v in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)  # float32, 4 Adam steps
+    rec = train(model, params, x, y, "sigmoid_xent", record_every=2, **kw)
+    _leaves_equal(rec.params, got.params)
+    _leaves_equal(rec.opt_state, got.opt_state)
+
+
 def test_trajectory_equals_handwritten_optax_loop(small):
     """Records against layer_grad_norms at the params of a Python optax loop (momentum, with
     weight decay on weights only), on the documented batches, and eval loss/accuracy."""
