@@ -9,8 +9,9 @@ second backward pass, with sums that run at memory speed (:mod:`gradflow.reduce`
 CPU cores, recording every step takes 1.18-1.25x the time of not recording on Nielsen's net at
 batch 10 (a recording step runs ~110 kernels to a plain step's 36 on a 0.07-0.09 ms step; the
 sums of squares of the parameters, gradients and updates are 9 of its 14 extra microseconds,
-1 core), 1.03-1.04x at batch 100, 1.05-1.07x on its full-batch steps, 1.12-1.13x on 8 x 256 tanh
-nets under Adam over 16 seeds, and ~1.0x when recording once an epoch
+1 core), 1.03-1.08x at batch 100, 1.18x on its full-batch steps (1.0-1.3 ms each, stored x.T:
+:func:`gradflow.models.loop_input`), 1.26x on 8 x 256 tanh nets under Adam over 16 seeds (the
+extra reads of every parameter, gradient and update), and ~1.0x when recording once an epoch
 (``bench/train_bench.py``). It
 takes ``(model, params, x, y, ...)`` like every probe, so ``gradflow.sweep`` trains thousands
 of seeds at once, with ``learning_rate``/``weight_decay`` (and ``sigma_w2``) traced.
