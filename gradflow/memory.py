@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 
@@ -212,9 +213,9 @@ class SeedCost(NamedTuple):
       flops: matmul-equivalent floating-point operations: its matrix products and
         convolutions, and its dense factorisations times :data:`FACTOR_WEIGHT` (scan bodies
         times their length); elementwise work is not counted.
-      step_flops: the same with every loop body counted once: the work of one step of a
-        training run or of a scan over layers, which is what one vectorised group's kernels
-        hold at a time. Equal to ``flops`` for a program without loops.
+      step_flops: the FLOPs of one training step (:func:`training_step`), which is what one
+        vectorised group's kernels hold at a time in a training run; ``flops`` for a program
+        that marks no step.
     """
 
     result_bytes: int
@@ -227,9 +228,43 @@ def seed_cost(closed_jaxpr) -> SeedCost:
     """One seed's :class:`SeedCost`, read off the closed jaxpr of its program."""
     out = sum(math.prod(a.shape) * a.dtype.itemsize for a in closed_jaxpr.out_avals) + 8
     jaxpr = closed_jaxpr.jaxpr
-    return SeedCost(
-        out, traced_bytes(closed_jaxpr), jaxpr_flops(jaxpr), jaxpr_flops(jaxpr, per_step=True)
-    )
+    flops = jaxpr_flops(jaxpr)
+    steps = [jaxpr_flops(sub, skip_steps=True) for sub in _marked_steps(jaxpr)]
+    return SeedCost(out, traced_bytes(closed_jaxpr), flops, max(steps, default=flops))
+
+
+TRAINING_STEP = "gradflow_training_step"
+"""The name :func:`training_step` gives a step's nested ``jit``: how :func:`seed_cost` finds it."""
+
+
+def training_step(step: Callable) -> Callable:
+    """``step`` as a nested ``jit`` named :data:`TRAINING_STEP`, for a loop of training steps.
+
+    It marks one step for the sweep's plan: a training run of many steps is one long program,
+    but each step's kernels are as small as one step's work, so :func:`default_plan` sizes its
+    group by one step (:attr:`SeedCost.step_flops`). A probe's scans over layers or time
+    steps are not marked: their plan stays that of the whole program. XLA inlines the nested
+    call: the compiled program is the same arithmetic.
+    """
+
+    def gradflow_training_step(*args):  # the pjit equation's name: TRAINING_STEP
+        return step(*args)
+
+    return jax.jit(gradflow_training_step)
+
+
+def _marked_steps(jaxpr):
+    """The sub-jaxprs of nested-``jit`` equations named :data:`TRAINING_STEP`, at any depth
+    (a recording step that runs plain steps holds them)."""
+    for eqn in jaxpr.eqns:
+        if _is_step(eqn):
+            yield from sub_jaxprs(eqn)
+        for sub in sub_jaxprs(eqn):
+            yield from _marked_steps(sub)
+
+
+def _is_step(eqn) -> bool:
+    return eqn.primitive.name in ("jit", "pjit") and eqn.params.get("name") == TRAINING_STEP
 
 
 FACTOR_WEIGHT = 3.0
@@ -243,14 +278,6 @@ call, and one seed per group was the slowest split measured (bench/README.md, st
 
 
 FACTORISATIONS = ("qr", "svd", "eigh", "eig", "cholesky", "triangular_solve", "lu")
-
-
-def _factorises(jaxpr) -> bool:
-    """Whether a jaxpr or any of its sub-jaxprs holds a dense factorisation."""
-    return any(
-        eqn.primitive.name in FACTORISATIONS or any(map(_factorises, sub_jaxprs(eqn)))
-        for eqn in jaxpr.eqns
-    )
 
 
 def _factor_flops(name: str, eqn) -> float:
@@ -289,18 +316,16 @@ def _factor_flops(name: str, eqn) -> float:
     return batch * f
 
 
-def jaxpr_flops(jaxpr, per_step: bool = False) -> float:
+def jaxpr_flops(jaxpr, skip_steps: bool = False) -> float:
     """Matmul-equivalent FLOPs of a jaxpr: its ``dot_general`` and convolution equations, plus
     its dense factorisations weighted by :data:`FACTOR_WEIGHT`; sub-jaxprs included (a scan's
-    body counted ``length`` times; both branches of a ``cond``; a while loop's body once).
-
-    With ``per_step``, a scan's body counts once (one step of the loop, which is what a wider
-    vmapped group widens), unless it holds a factorisation: on CPU a batched factorisation is
-    one LAPACK call per seed whatever the group, so a loop of them gains nothing from a wider
-    group and keeps its whole length (the stable spectra: groups of 2-4 ran best, stop 21)."""
+    body counted ``length`` times; both branches of a ``cond``; a while loop's body once), but
+    not the training steps nested in it with ``skip_steps`` (:func:`training_step`)."""
     n = 0.0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
+        if skip_steps and _is_step(eqn):
+            continue
         if name == "dot_general":
             (contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
@@ -316,11 +341,8 @@ def jaxpr_flops(jaxpr, per_step: bool = False) -> float:
             )
         else:
             n += FACTOR_WEIGHT * _factor_flops(name, eqn)
-        for sub in sub_jaxprs(eqn):
-            times = eqn.params.get("length", 1) if name == "scan" else 1
-            if per_step and not _factorises(sub):
-                times = 1
-            n += times * jaxpr_flops(sub, per_step)
+        times = eqn.params.get("length", 1) if name == "scan" else 1
+        n += sum(times * jaxpr_flops(sub, skip_steps) for sub in sub_jaxprs(eqn))
     return n
 
 
@@ -329,7 +351,7 @@ GROUP_FLOPS = 8e9
 (Nielsen's nets: 0.15 GFLOP a seed) are batched into efficient ones, few enough that a seed
 whose matmuls already fill the device (depth 50, width 256: 2.5 GFLOP) is not widened into
 memory-bound ones (bench/README.md: groups of 32 and 4 were the best measured there). Held
-by one step of a program with loops (:attr:`SeedCost.step_flops`)."""
+by one step of a training run (:attr:`SeedCost.step_flops`)."""
 
 PAD_FLOPS = 64e9
 """Bound on a group's whole work (:attr:`SeedCost.flops`), so the padding a sweep of fewer
@@ -356,12 +378,13 @@ def default_plan(cost: SeedCost, n_items: int, n_devices: int, budget: int) -> P
     """Chunk and group sizes from one seed's cost alone: no candidate is compiled.
 
     The group (``vmap_size``) is the power of two nearest ``GROUP_FLOPS / cost.step_flops`` (one
-    step's work: the whole program when it has no loop), at most ``MAX_GROUP`` and at most the power
-    of two below ``PAD_FLOPS / cost.flops`` (the whole run's work), shrunk until ``group *
-    cost.traced_bytes`` (an overestimate) fits the budget, and a multiple of the device count. It
-    depends on the program, never on ``n_items``, so a seed's numbers are the same whatever the
-    number of seeds or the chunk (XLA picks its matmul kernels by shape: a different group size can
-    move results by float rounding). A chunk holds up to ``GROUPS_PER_CHUNK`` groups.
+    training step's work; the whole program's when it marks no step), at most ``MAX_GROUP`` and
+    at most the power of two below ``PAD_FLOPS / cost.flops`` (the whole run's work), shrunk
+    until ``group * cost.traced_bytes`` (an overestimate) fits the budget, and a multiple of the
+    device count. It depends on the program, never on ``n_items``, so a seed's numbers are the
+    same whatever the number of seeds or the chunk (XLA picks its matmul kernels by shape: a
+    different group size can move results by float rounding). A chunk holds up to
+    ``GROUPS_PER_CHUNK`` groups.
     """
     step = cost.flops if cost.step_flops is None else cost.step_flops
     ratio = GROUP_FLOPS / max(step, 1.0)

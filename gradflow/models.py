@@ -206,7 +206,7 @@ def loop_input(model: Model, x: jax.Array) -> Callable[[], jax.Array]:
     stored (n, batch) x.T. Here x.T is stored once, before the loop (an optimisation barrier
     keeps XLA from folding it back), and ``get`` returns its transpose, which cancels against
     the model's own. Full-batch gradient descent on Nielsen's net, 200 steps of 1,000 digits:
-    296 -> 219 ms on 2 CPU cores, 359 -> 228 ms on one (bench/README.md, stop 24). Any other
+    280 -> 199 ms on 2 CPU cores, 359 -> 228 ms on one (bench/README.md, stop 24). Any other
     model gets x itself.
     """
     if not model.feature_major or x.ndim != 2:

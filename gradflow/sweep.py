@@ -53,11 +53,11 @@ def sweep(
         count). With ``chunk_size`` given and ``vmap_size=None``: the whole chunk at once.
         Default (both None): chosen from one trace of one seed's program, nothing compiled
         (:func:`gradflow.memory.default_plan`): groups of the power of two nearest 8 GFLOP of
-        matmuls in one step (the whole program, or one trip of each loop: a training step; Nielsen's
-        nets: 64 seeds; depth 50 width 256: 4), at most 64 GFLOP of the whole run, shrunk to fit
-        ``memory``, eight groups a chunk. The group depends on the program only, so a seed's numbers
-        are bit-identical whatever the number of seeds; other group sizes agree to float32 rounding
-        (XLA picks matmul kernels by shape).
+        matmuls in one step (the whole program, or one training step of ``gf.train.train``;
+        Nielsen's nets: 64 seeds; depth 50 width 256: 4), at most 64 GFLOP of the whole run,
+        shrunk to fit ``memory``, eight groups a chunk. The group depends on the program only,
+        so a seed's numbers are bit-identical whatever the number of seeds; other group sizes
+        agree to float32 rounding (XLA picks matmul kernels by shape).
       hyper: traced values shared by all seeds, so new values do not recompile. Names that
         ``model.init`` accepts (``sigma_w2``, ``sigma_b2``) go to init, others (e.g. ``lr``) to
         ``fn`` as keyword arguments.

@@ -36,6 +36,7 @@ import optax
 from jax import lax
 
 from gradflow.losses import get_loss
+from gradflow.memory import training_step
 from gradflow.models import Model, loop_input
 from gradflow.probes import (
     LayerGradNorms,
@@ -243,6 +244,7 @@ def _train(
     else:
         batch = partial(_batch, x, y, key, batch_size)
 
+    @training_step
     def plain_step(carry, s):
         params, opt_state, perm = carry
         xb, yb, perm = batch(s, perm)
@@ -264,6 +266,7 @@ def _train(
         rec = (norms, _accuracy(out, yb, loss), *_evaluate(model, params, evals, loss))
         return xb, back[1], rec, perm
 
+    @training_step
     def record_step(carry, s):
         params, opt_state, perm = carry
         xb, grads, (norms, *rec), perm = probe(params, s, perm)
@@ -271,15 +274,28 @@ def _train(
         # ||Delta W^l||^2 by the probes' own grouping (weights only).
         _, ((moved_sq, _),) = layer_square_sums(model, (updates,), xb, norms.loss.dtype)
         carry = (new_params, opt_state, perm)
-        # Bounds XLA cannot see through, on purpose: it inlines a loop it can count to one
-        # trip, and two steps in one loop body compile together, which changed Adam's last bits.
-        if record_every > 1:
-            start, stop = lax.optimization_barrier((s + 1, s + record_every))
+        if record_every > 2:  # a scan, so the sweep's plan counts every step's FLOPs
+            carry, _ = lax.scan(plain_step, carry, s + jnp.arange(1, record_every))
+        elif record_every == 2:
+            # Bounds XLA cannot see through, on purpose: it inlines a loop it can count to one
+            # trip, and two steps in one loop body compile together, which changed Adam's last
+            # bits. (The plan then counts the one plain step once a record: 2x at most.)
+            start, stop = lax.optimization_barrier((s + 1, s + 2))
             carry = lax.fori_loop(start, stop, lambda t, c: plain_step(c, t)[0], carry)
         return carry, (norms, *rec, jnp.sqrt(moved_sq) / norms.weight_norms)
 
-    starts = record_every * jnp.arange(steps // record_every)
-    (params, opt_state, perm), recs = lax.scan(record_step, carry, starts)
+    if steps // record_every == 1:  # a scan of one trip is inlined and compiled with what follows
+        rec_zeros = jax.tree.map(
+            lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(record_step, carry, 0)[1]
+        )
+        start, stop = lax.optimization_barrier((0, 1))  # a trip count XLA cannot see
+        (params, opt_state, perm), rec = lax.fori_loop(
+            start, stop, lambda i, c: record_step(c[0], i), (carry, rec_zeros)
+        )
+        recs = jax.tree.map(lambda r: r[None], rec)
+    else:
+        starts = record_every * jnp.arange(steps // record_every)
+        (params, opt_state, perm), recs = lax.scan(record_step, carry, starts)
     _, _, (norms, *rec), _ = probe(params, jnp.asarray(steps), perm)
     last = (norms, *rec, jnp.full_like(norms.weight_norms, jnp.nan))
     recs = jax.tree.map(lambda r, l: jnp.concatenate([r, l[None]]), recs, last)

@@ -131,25 +131,18 @@ def test_default_plan_sizes_a_loop_by_one_step_bounded_by_the_whole_run():
     )
 
 
-def test_seed_flops_per_step_count_a_scan_body_once_unless_it_factorises():
-    from gradflow.memory import FACTOR_WEIGHT, jaxpr_flops, seed_cost
+def test_step_flops_are_one_marked_training_step_else_the_whole_program():
+    from gradflow.memory import seed_cost, training_step
 
     w = jnp.ones((8, 8))
-    matmuls = jax.make_jaxpr(
-        lambda m: lax.scan(lambda c, _: (c @ w, None), m @ w, None, length=5)[0]
-    )(w)
-    assert jaxpr_flops(matmuls.jaxpr) == pytest.approx(6 * 2 * 8**3, rel=1e-12)
-    assert jaxpr_flops(matmuls.jaxpr, per_step=True) == pytest.approx(2 * 2 * 8**3, rel=1e-12)
-    cost = seed_cost(matmuls)
-    assert (cost.flops, cost.step_flops) == (6 * 2 * 8**3, 2 * 2 * 8**3)
-    # A factorisation in the body (the stable spectra): LAPACK runs one seed at a time, so the
-    # loop keeps its length, its matmuls too.
-    qr_loop = jax.make_jaxpr(
-        lambda m: lax.scan(lambda c, _: (jnp.linalg.qr(c @ w)[0], None), m, None, length=4)[0]
-    )(w).jaxpr
-    per_body = 2 * 8**3 + FACTOR_WEIGHT * (4 * 8**3 - 4 * 8**3 / 3)
-    assert jaxpr_flops(qr_loop, per_step=True) == pytest.approx(4 * per_body, rel=1e-12)
-    assert jaxpr_flops(qr_loop) == pytest.approx(4 * per_body, rel=1e-12)
+    step = training_step(lambda c, _: (c @ w, None))
+    marked = jax.make_jaxpr(lambda m: lax.scan(step, m @ w, None, length=5)[0])(w)
+    cost = seed_cost(marked)
+    assert (cost.flops, cost.step_flops) == (6 * 2 * 8**3, 2 * 8**3)
+    # A scan over layers or time steps is not a training step: the whole program counts.
+    plain = jax.make_jaxpr(lambda m: lax.scan(lambda c, _: (c @ w, None), m, None, length=5)[0])
+    cost = seed_cost(plain(w))
+    assert cost.step_flops == cost.flops == 5 * 2 * 8**3
 
 
 def test_a_training_sweep_is_grouped_by_one_step():
@@ -163,16 +156,23 @@ def test_a_training_sweep_is_grouped_by_one_step():
     x = rng.normal(size=(64, 16)).astype(np.float32)
     y = rng.integers(0, 4, size=64).astype(np.int32)
     costs = {}
-    for steps in (10, 1000):
-        kw = dict(loss="xent", steps=steps, batch_size=8, key=0, record_every=0)
+    for steps, every in ((10, 0), (1000, 0), (1000, 4), (1000, 1000)):
+        kw = dict(loss="xent", steps=steps, batch_size=8, key=0, record_every=every)
         job = gf.sweep_engine._prepare(train, model, 4, (x, y), kw, *[None] * 3)
-        costs[steps] = job.cost
+        costs[steps, every] = job.cost
     # A step: forward and weight-gradient matmuls, and the input gradient of the second layer.
     per_step = 2 * 8 * (2 * 16 * 32 + 3 * 32 * 4)
-    assert costs[1000].flops == pytest.approx(1000 * per_step, rel=1e-9)
-    assert costs[10].step_flops == costs[1000].step_flops == pytest.approx(per_step, rel=1e-9)
-    plans = {s: default_plan(c, 100, 1, 2**40).vmap_size for s, c in costs.items()}
-    assert plans[10] == plans[1000] == 64
+    assert costs[1000, 0].flops == pytest.approx(1000 * per_step, rel=1e-9)
+    for cost in costs.values():
+        assert cost.step_flops == pytest.approx(per_step, rel=1e-9)
+    # Recording every k steps: every plain step counted (a scan between records), plus the
+    # probe after the last step (the recording step's own backward pass is the step's).
+    for every in (4, 1000):
+        extra = costs[1000, every].flops - costs[1000, 0].flops
+        assert 0 < extra <= per_step + 2 * 8 * 32 * 4, every
+    plans = {k: default_plan(c, 100, 1, 2**40).vmap_size for k, c in costs.items()}
+    assert plans[10, 0] == 64
+    assert plans[1000, 0] == plans[1000, 4] == plans[1000, 1000] == 64
 
 
 def test_seed_flops_count_factorisations_at_their_weight():
