@@ -378,13 +378,13 @@ def default_plan(cost: SeedCost, n_items: int, n_devices: int, budget: int) -> P
     """Chunk and group sizes from one seed's cost alone: no candidate is compiled.
 
     The group (``vmap_size``) is the power of two nearest ``GROUP_FLOPS / cost.step_flops`` (one
-    training step's work; the whole program's when it marks no step), at most ``MAX_GROUP`` and
-    at most the power of two below ``PAD_FLOPS / cost.flops`` (the whole run's work), shrunk
-    until ``group * cost.traced_bytes`` (an overestimate) fits the budget, and a multiple of the
-    device count. It depends on the program, never on ``n_items``, so a seed's numbers are the
-    same whatever the number of seeds or the chunk (XLA picks its matmul kernels by shape: a
-    different group size can move results by float rounding). A chunk holds up to
-    ``GROUPS_PER_CHUNK`` groups.
+    training step's work; the whole program's when it marks no step), at most ``MAX_GROUP`` and at
+    most the power of two below ``PAD_FLOPS / cost.flops`` (the whole run's work), shrunk until
+    ``group * cost.traced_bytes`` (an overestimate) fits the budget, and a multiple of the device
+    count (rounded down, at least one seed a device). It depends on the program, never on
+    ``n_items``, so a seed's numbers are the same whatever the number of seeds or the chunk (XLA
+    picks its matmul kernels by shape: a different group size can move results by float rounding). A
+    chunk holds up to ``GROUPS_PER_CHUNK`` groups.
     """
     step = cost.flops if cost.step_flops is None else cost.step_flops
     ratio = GROUP_FLOPS / max(step, 1.0)
@@ -393,7 +393,7 @@ def default_plan(cost: SeedCost, n_items: int, n_devices: int, budget: int) -> P
     group = min(group, 2 ** max(0, math.floor(math.log2(pad))))
     while group > 1 and group * cost.traced_bytes / n_devices > budget:
         group //= 2
-    group = -(-group // n_devices) * n_devices
+    group = max(n_devices, group // n_devices * n_devices)  # down: within the bounds above
     groups = min(GROUPS_PER_CHUNK, max(1, -(-n_items // group)))
     return Plan(group * groups, group)
 

@@ -112,6 +112,9 @@ def test_default_plan_from_flops_and_bytes():
     assert default_plan(big, 64, 8, 2**40) == (64, 8)  # one seed per device at least
     # Memory: the group shrinks until its traced working set fits the budget.
     assert default_plan(small, 10**6, 1, budget=5 * 2**20).vmap_size == 4
+    # A device count that is no power of two: the multiple below, which stays within the
+    # budget (4 -> 3 on 3 devices, where rounding up to 6 held 2 MiB a device against 1.5).
+    assert default_plan(small, 10**6, 3, budget=int(1.5 * 2**20)).vmap_size == 3
 
 
 def test_default_plan_sizes_a_loop_by_one_step_bounded_by_the_whole_run():
