@@ -20,7 +20,7 @@ import numpy as np
 
 def add_parsers(sub, add_model_args, add_data_args, add_sweep_args) -> None:
     """Register the ``train`` and ``diagnose`` subcommands on ``sub``."""
-    from gradflow.train import OPTIMIZERS
+    from gradflow.optimizers import OPTIMIZERS
 
     p = sub.add_parser("train", help="train over many seeds, recording per-layer norms")
     add_model_args(p)

@@ -132,7 +132,7 @@ def test_full_batch_feature_major_input_is_stored_transposed_once():
     assert gf.models.loop_input(plain_model, x)() is x
 
     def weight_gradient_contraction(m):
-        rates = tr._rates("sgd", 0.1, None)
+        rates = tr.rates_of("sgd", 0.1, None)
         hlo = tr._train.lower(
             m, params, x, y, None, None, rates, optimizer="sgd", loss="sigmoid_xent",
             steps=3, batch_size=None, record_every=0,
