@@ -180,9 +180,14 @@ def tap(h: jax.Array, name: str = "", *, batch_axis: int = 0, **meta) -> jax.Arr
         raise ValueError(f"tap names must be strings, got {name!r}")
     full = _full(frame, name)
     h = jnp.asarray(h)
-    axis = batch_axis % max(h.ndim, 1)
-    spec = TapSpec(full, tuple(h.shape), h.dtype, axis, tuple(sorted(meta.items())))
+    spec = _spec(full, h.shape, h.dtype, batch_axis, meta)
     return frame.tap(h, spec)
+
+
+def _spec(full_name: str, shape, dtype, batch_axis: int, meta: dict) -> TapSpec:
+    """A tap's spec, its batch axis normalised (a negative one counts from the end)."""
+    axis = batch_axis % max(len(shape), 1)
+    return TapSpec(full_name, tuple(shape), dtype, axis, tuple(sorted(meta.items())))
 
 
 def record(name: str, value: jax.Array) -> None:
@@ -202,8 +207,7 @@ def perturbation(name: str, shape, dtype, *, batch_axis: int = 0, **meta):
         return None
     if isinstance(frame, ScanFrame):
         raise ValueError(f"tap {name!r}: a recurrent layer inside a scanned run cannot be probed")
-    axis = batch_axis % max(len(shape), 1)
-    spec = TapSpec(_full(frame, name), tuple(shape), dtype, axis, tuple(sorted(meta.items())))
+    spec = _spec(_full(frame, name), shape, dtype, batch_axis, meta)
     frame._claim(spec)
     if frame.perturb is None:
         return jnp.zeros(spec.shape, dtype)

@@ -216,28 +216,12 @@ def _train(
         # ||Delta W^l||^2 by the probes' own grouping (weights only).
         _, ((moved_sq, _),) = layer_square_sums(model, (updates,), xb, norms.loss.dtype)
         carry = (new_params, opt_state, perm)
-        if record_every > 2:  # a scan, so the sweep's plan counts every step's FLOPs
-            carry, _ = lax.scan(plain_step, carry, s + jnp.arange(1, record_every))
-        elif record_every == 2:
-            # Bounds XLA cannot see through, on purpose: it inlines a loop it can count to one
-            # trip, and two steps in one loop body compile together, which changed Adam's last
-            # bits. (The plan then counts the one plain step once a record: 2x at most.)
-            start, stop = lax.optimization_barrier((s + 1, s + 2))
-            carry = lax.fori_loop(start, stop, lambda t, c: plain_step(c, t)[0], carry)
+        if record_every > 1:  # a scan (not a while loop): the sweep's plan counts its steps
+            carry, _ = _scan(plain_step, carry, s + jnp.arange(1, record_every))
         return carry, (norms, *rec, jnp.sqrt(moved_sq) / norms.weight_norms)
 
-    if steps // record_every == 1:  # a scan of one trip is inlined and compiled with what follows
-        rec_zeros = jax.tree.map(
-            lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(record_step, carry, 0)[1]
-        )
-        start, stop = lax.optimization_barrier((0, 1))  # a trip count XLA cannot see
-        (params, opt_state, perm), rec = lax.fori_loop(
-            start, stop, lambda i, c: record_step(c[0], i), (carry, rec_zeros)
-        )
-        recs = jax.tree.map(lambda r: r[None], rec)
-    else:
-        starts = record_every * jnp.arange(steps // record_every)
-        (params, opt_state, perm), recs = lax.scan(record_step, carry, starts)
+    starts = record_every * jnp.arange(steps // record_every)
+    (params, opt_state, perm), recs = _scan(record_step, carry, starts)
     _, _, (norms, *rec), _ = probe(params, jnp.asarray(steps), perm)
     last = (norms, *rec, jnp.full_like(norms.weight_norms, jnp.nan))
     recs = jax.tree.map(lambda r, l: jnp.concatenate([r, l[None]]), recs, last)
@@ -248,6 +232,21 @@ def _train(
         eval_loss=eval_loss, eval_accuracy=eval_accuracy,
     )  # fmt: skip
     return TrainResult(params, opt_state, trajectory)
+
+
+def _scan(step, carry, xs):
+    """``lax.scan(step, carry, xs)``, except that a scan of one trip runs as a loop whose trip
+    count XLA cannot see (bounds behind a barrier): XLA inlines a loop it can count to one trip
+    and compiles the step together with its surroundings, which moved the last bits of Adam's
+    parameters (a plain step next to a recording one, ``record_every=2``) and of every
+    optimizer's (the one recording step of ``record_every=steps`` next to the last probe)."""
+    if xs.shape[0] != 1:
+        return lax.scan(step, carry, xs)
+    shapes = jax.eval_shape(step, carry, xs[0])[1]  # the step's per-trip output
+    out = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    start, stop = lax.optimization_barrier((0, 1))
+    carry, out = lax.fori_loop(start, stop, lambda i, c: step(c[0], xs[i]), (carry, out))
+    return carry, jax.tree.map(lambda a: a[None], out)
 
 
 def _update(tx, grads, opt_state, params):
