@@ -197,7 +197,7 @@ def _train(
     perm = jnp.arange(x.shape[0])  # replaced at step 0 (i == 0): only its shape matters
     carry = (params, tx.init(params), perm)
     if not record_every:
-        (params, opt_state, _), _ = lax.scan(plain_step, carry, jnp.arange(steps))
+        (params, opt_state, _), _ = _scan(plain_step, carry, jnp.arange(steps))
         return TrainResult(params, opt_state, None)
 
     def probe(params, s, perm):
@@ -239,7 +239,8 @@ def _scan(step, carry, xs):
     count XLA cannot see (bounds behind a barrier): XLA inlines a loop it can count to one trip
     and compiles the step together with its surroundings, which moved the last bits of Adam's
     parameters (a plain step next to a recording one, ``record_every=2``) and of every
-    optimizer's (the one recording step of ``record_every=steps`` next to the last probe)."""
+    optimizer's (the one recording step of ``record_every=steps`` next to the last probe, or
+    the one plain step of ``steps=1`` next to the initialisation)."""
     if xs.shape[0] != 1:
         return lax.scan(step, carry, xs)
     shapes = jax.eval_shape(step, carry, xs[0])[1]  # the step's per-trip output

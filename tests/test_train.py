@@ -94,22 +94,23 @@ def test_recording_does_not_change_training(small):
         np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("every", [3, 12])
-def test_recording_every_k_or_once_does_not_change_training(every):
+@pytest.mark.parametrize(("every", "steps"), [(3, 12), (12, 12), (1, 1)])
+def test_recording_every_k_or_once_does_not_change_training(every, steps):
     """record_every=3 runs its plain steps as a scan (the sweep's plan counts them), and
     record_every=steps records once (its one-trip loop hidden from XLA, which would inline it
     and compile it with the last probe: Adam's, network2's and momentum's last bits moved on
-    this full-batch tanh net): bit for bit the unrecorded run."""
+    this full-batch tanh net), as a one-step unrecorded run steps once: bit for bit the
+    unrecorded run."""
     model = gf.mlp([6, 16, 16, 3], "tanh", "nielsen")
     x = jax.random.uniform(jax.random.key(1), (40, 6))
     y = jax.random.randint(jax.random.key(2), (40,), 0, 3)
     params = model.init(jax.random.key(0))
-    kw = dict(steps=12, optimizer="adam", learning_rate=0.05)
+    kw = dict(steps=steps, optimizer="adam", learning_rate=0.05)
     plain = train(model, params, x, y, "xent", record_every=0, **kw)
     rec = train(model, params, x, y, "xent", record_every=every, **kw)
     _leaves_equal(rec.params, plain.params)
     _leaves_equal(rec.opt_state, plain.opt_state)
-    assert rec.trajectory.loss.shape == (12 // every + 1,)
+    assert rec.trajectory.loss.shape == (steps // every + 1,)
 
 
 def test_full_batch_feature_major_input_is_stored_transposed_once():
